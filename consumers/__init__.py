@@ -1,0 +1,1 @@
+"""Consumer services: effectively-once job state from the raw topic (see DESIGN.md)."""

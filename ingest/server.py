@@ -1,0 +1,192 @@
+"""`wazza-ingest`: serve the ingester, in one process or N workers sharing one port.
+
+With `--workers N` (N > 1) this process is a supervisor: it starts N worker processes that each
+bind the port with SO_REUSEPORT (the kernel spreads connections among them), switches
+prometheus-client to multiprocess mode so that `/metrics` on any worker reports all of them,
+restarts a worker that dies, and on SIGTERM/SIGINT passes the signal on and waits for every
+worker to finish its in-flight requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from types import FrameType
+
+from wazza_hooks.config import ConfigError
+
+# In-flight requests end within the publish deadline (at most 4.5 s); this leaves room for the
+# producer's flush as well, under the 30 s grace Kubernetes gives by default.
+_SHUTDOWN_TIMEOUT_SECONDS = 10.0
+# A worker that dies this soon after its start is not crashing at random: it cannot start (port
+# taken, bad address). Restarting it in a loop would only hide that.
+_FAST_DEATH_SECONDS = 2.0
+
+_EPILOG = """\
+environment:
+  WAZZA_WEBHOOK_SECRETS            secret(s) registered with Wazza, comma-separated (required)
+  KAFKA_BOOTSTRAP_SERVERS          host:port[,host:port] (default localhost:9092)
+  KAFKA_ENABLE_IDEMPOTENCE         true for Apache Kafka, false for the local broker
+  WAZZA_SIGNATURE_TOLERANCE_SECONDS, WAZZA_MAX_BODY_BYTES, WAZZA_ALLOWED_IPS,
+  WAZZA_TRUSTED_PROXIES, WAZZA_PUBLISH_TIMEOUT_SECONDS, WAZZA_STANDARD_WEBHOOK_SECRETS,
+  WAZZA_ALLOW_LEGACY_SIGNATURE, WAZZA_WEBHOOK_PATH, WAZZA_RAW_TOPIC, WAZZA_QUARANTINE_TOPIC:
+  see the README.
+
+examples:
+  WAZZA_WEBHOOK_SECRETS=s3cret wazza-ingest --port 8080
+  wazza-ingest --host 0.0.0.0 --port 8080 --workers 4
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wazza-ingest",
+        description="Receive Wazza webhooks: verify, publish to Kafka, answer after the ack.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=_port, default=8080, help="port to bind (default 8080)")
+    parser.add_argument(
+        "--workers", type=_positive, default=1, help="processes sharing the port (default 1)"
+    )
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535)")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"{value}: choose between 1 and 64 workers")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `wazza-ingest`; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        from .settings import IngestSettings
+
+        settings = IngestSettings.from_env()
+    except ConfigError as exc:
+        print(f"wazza-ingest: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        return _supervise(args.host, args.port, args.workers)
+    return _serve(settings, args.host, args.port, reuse_port=args.reuse_port)
+
+
+def _serve(settings: object, host: str, port: int, *, reuse_port: bool) -> int:
+    from aiohttp import web
+
+    from wazza_hooks.logs import setup_logging
+
+    from .app import build_app
+    from .settings import IngestSettings
+
+    assert isinstance(settings, IngestSettings)  # noqa: S101
+    lines = setup_logging("ingest")
+    app = build_app(settings, lines=lines if settings.log_requests else None)
+    try:
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            reuse_port=reuse_port or None,
+            access_log=None,  # our own JSON line per request replaces aiohttp's access log
+            shutdown_timeout=_SHUTDOWN_TIMEOUT_SECONDS,
+            print=lambda *_: lines.emit(
+                {"ts": round(time.time(), 3), "msg": "listening", "host": host, "port": port}
+            ),
+        )
+    except OSError as exc:
+        print(
+            f"wazza-ingest: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
+def _supervise(host: str, port: int, workers: int) -> int:
+    own_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        own_dir = tempfile.mkdtemp(prefix="wazza-ingest-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_dir
+    from prometheus_client import multiprocess
+
+    command = [
+        sys.executable, "-m", "ingest.server", "--host", host, "--port", str(port), "--reuse-port",
+    ]  # fmt: skip
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    procs: dict[int, subprocess.Popen[bytes]] = {}
+    started: dict[int, float] = {}
+    failed = False
+    try:
+        for slot in range(workers):
+            procs[slot] = subprocess.Popen(command)  # noqa: S603 - our own interpreter
+            started[slot] = time.monotonic()
+        while not stopping:
+            time.sleep(0.2)
+            for slot, proc in list(procs.items()):
+                code = proc.poll()
+                if code is None or stopping:
+                    continue
+                multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
+                if time.monotonic() - started[slot] < _FAST_DEATH_SECONDS:
+                    print(
+                        f"wazza-ingest: worker exited with {code} right after starting; stopping",
+                        file=sys.stderr,
+                    )
+                    failed = True
+                    stop(signal.SIGTERM, None)
+                    break
+                print(
+                    f"wazza-ingest: worker {proc.pid} exited with {code}; restarting",
+                    file=sys.stderr,
+                )
+                procs[slot] = subprocess.Popen(command)  # noqa: S603 - our own interpreter
+                started[slot] = time.monotonic()
+        codes = []
+        for proc in procs.values():
+            try:
+                codes.append(proc.wait(timeout=_SHUTDOWN_TIMEOUT_SECONDS + 5))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes.append(proc.wait())
+        return 1 if failed or any(codes) else 0
+    finally:
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Shared fixtures: one real local broker for the session, unique topics per test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from ingest.settings import IngestSettings
+from wazza_hooks.localbroker import LocalBroker
+from wazza_hooks.topics import ensure_topics
+
+SECRET = "test-secret-0123456789"
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    """A real Kafka-protocol broker (Tansu) on a free port, for the whole session."""
+    log = tmp_path_factory.mktemp("broker") / "broker.log"
+    with LocalBroker(log_path=log) as running:
+        yield running
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topics of one test."""
+
+    raw: str
+    quarantine: str
+    dlq: str
+
+
+def unique(prefix: str) -> str:
+    """A name no other test uses."""
+    return f"{prefix}.{uuid.uuid4().hex[:12]}"
+
+
+async def make_topics(bootstrap: str, partitions: int = 3) -> Topics:
+    """Create a fresh raw/quarantine/dlq trio on the broker."""
+    topics = Topics(unique("test.raw"), unique("test.quarantine"), unique("test.dlq"))
+    await ensure_topics(
+        bootstrap, dict.fromkeys((topics.raw, topics.quarantine, topics.dlq), partitions)
+    )
+    return topics
+
+
+@pytest.fixture
+async def topics(broker: LocalBroker) -> Topics:
+    """Fresh topics for this test."""
+    return await make_topics(broker.bootstrap_servers)
+
+
+def ingest_settings(bootstrap: str, topics: Topics, **overrides: str) -> IngestSettings:
+    """Settings as the environment would give them, pointed at the test broker and topics."""
+    env = {
+        "WAZZA_WEBHOOK_SECRETS": SECRET,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_ENABLE_IDEMPOTENCE": "false",
+        "WAZZA_RAW_TOPIC": topics.raw,
+        "WAZZA_QUARANTINE_TOPIC": topics.quarantine,
+        **overrides,
+    }
+    return IngestSettings.from_env(env)
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, expect: int, timeout: float = 10.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of a topic from the beginning; waits until `expect` arrived (or timeout),
+    then reads a little longer so that unexpected extra records are seen too."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        deadline = time.monotonic() + timeout
+        settle: float | None = None
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for recs in batch.values():
+                records.extend(recs)
+            if len(records) >= expect:
+                # Keep reading briefly: a duplicate or stray record must not go unseen.
+                settle = settle or time.monotonic() + 0.5
+                if time.monotonic() >= settle:
+                    break
+        return records
+    finally:
+        await consumer.stop()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll a condition; fail the test with `what` when it does not come true in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+async def async_wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """The same, without blocking the event loop."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a project command run as a subprocess."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WAZZA_", "KAFKA_"))}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+async def no_leftover_tasks() -> AsyncIterator[None]:
+    """Fails a test that leaves tasks running on its loop."""
+    before = asyncio.all_tasks()
+    yield
+    after = {t for t in asyncio.all_tasks() - before if not t.done()}
+    assert not after, f"tasks left running: {after}"

