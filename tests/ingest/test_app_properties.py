@@ -1,0 +1,133 @@
+"""Properties of the HTTP handler over real HTTP: arbitrary requests never give a 500 and never
+publish anything unverified; any signed body is either published or quarantined, byte for byte."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ingest.app import build_app
+
+from ..conftest import SECRET, Topics, ingest_settings
+from ..signing import sign_wazza
+
+HEADER_NAMES = [
+    "X-Wazza-Signature",
+    "X-Wazza-Timestamp",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "Content-Type",
+    "X-Forwarded-For",
+    "X-Anything",
+]
+# Header values http.client will send: visible ASCII and spaces, no line breaks.
+header_values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=80)
+
+
+@dataclass
+class RecordingPublisher:
+    """A publisher that acknowledges at once and remembers what it was given."""
+
+    published: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
+
+    async def publish(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        ack_timeout: float,
+    ) -> None:
+        self.published.append((topic, key, value))
+
+    async def ready(self) -> bool:
+        return True
+
+
+@dataclass
+class Running:
+    port: int
+    publisher: RecordingPublisher
+
+
+@pytest.fixture(scope="module")
+def running() -> Iterator[Running]:
+    """The real application on a loopback port, served from a thread of its own."""
+    publisher = RecordingPublisher()
+    topics = Topics("prop.raw", "prop.quarantine", "prop.dlq")
+    app = build_app(
+        ingest_settings("127.0.0.1:1", topics, WAZZA_STANDARD_WEBHOOK_SECRETS="whsec_c2VjcmV0"),
+        publisher=publisher,
+    )
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield Running(port, publisher)
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def request(port: int, method: str, headers: dict[str, str], body: bytes) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, "/api/webhooks/wazza", body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    headers=st.dictionaries(st.sampled_from(HEADER_NAMES), header_values, max_size=6),
+    body=st.binary(max_size=2048),
+    method=st.sampled_from(["POST", "POST", "POST", "PUT", "GET"]),
+)
+def test_arbitrary_requests_never_get_a_500_and_never_publish(
+    running: Running, headers: dict[str, str], body: bytes, method: str
+) -> None:
+    before = len(running.publisher.published)
+
+    status = request(running.port, method, headers, body)
+
+    assert 400 <= status < 500
+    assert len(running.publisher.published) == before
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(body=st.binary(max_size=2048))
+def test_any_signed_body_is_published_or_quarantined_byte_for_byte(
+    running: Running, body: bytes
+) -> None:
+    before = len(running.publisher.published)
+
+    status = request(running.port, "POST", sign_wazza(SECRET, body, int(time.time())), body)
+
+    assert status in (200, 202)
+    [(topic, _, value)] = running.publisher.published[before:]
+    assert value == body
+    assert topic == ("prop.raw" if status == 200 else "prop.quarantine")

@@ -1,0 +1,109 @@
+"""Invariant 1 with the broker taken away and brought back: a 2xx means durable, a broker that is
+gone gives 503 + Retry-After within the deadline, and a broker that returns is used again
+without restarting the ingester."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp import ClientSession
+from aiohttp.test_utils import TestServer
+
+from ingest.app import build_app
+from wazza_hooks.localbroker import LocalBroker
+from wazza_hooks.topics import ensure_topics
+
+from ..conftest import SECRET, Topics, ingest_settings, read_topic
+from ..signing import completed_body, sign_wazza
+
+DEADLINE = 1.0
+# The answer comes at the deadline, plus the loop turn that notices it: on a loaded 2-core CI
+# machine, half a second.
+SLACK = 0.5
+TOPICS = Topics("outage.raw", "outage.quarantine", "outage.dlq")
+
+
+async def send(http: ClientSession, url: str, job_id: str) -> tuple[int, float, str | None]:
+    body = completed_body(job_id)
+    started = time.monotonic()
+    async with http.post(url, data=body, headers=sign_wazza(SECRET, body, int(time.time()))) as r:
+        await r.read()
+        return r.status, time.monotonic() - started, r.headers.get("Retry-After")
+
+
+async def wait_ready(http: ClientSession, url: str) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        async with http.get(url) as resp:
+            if resp.status == 200:
+                return
+        await asyncio.sleep(0.05)
+    pytest.fail("the ingester never became ready")
+
+
+async def create_topics(broker: LocalBroker) -> None:
+    await ensure_topics(broker.bootstrap_servers, {TOPICS.raw: 3, TOPICS.quarantine: 3})
+
+
+@pytest.mark.slow
+async def test_a_broker_outage_gives_503s_within_the_deadline_and_200s_resume_after_it(
+    tmp_path: Path,
+) -> None:
+    broker = LocalBroker(log_path=tmp_path / "broker.log")
+    broker.start()
+    await create_topics(broker)
+    settings = ingest_settings(
+        broker.bootstrap_servers, TOPICS, WAZZA_PUBLISH_TIMEOUT_SECONDS=str(DEADLINE)
+    )
+    server = TestServer(build_app(settings), host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("/api/webhooks/wazza"))
+    try:
+        async with ClientSession() as http:
+            await wait_ready(http, str(server.make_url("/readyz")))
+            # Up: every 200 is a record.
+            before = [f"job_before_{i}" for i in range(20)]
+            answers = await asyncio.gather(*(send(http, url, j) for j in before))
+            assert [status for status, _, _ in answers] == [200] * 20
+            stored = await read_topic(broker.bootstrap_servers, TOPICS.raw, expect=20)
+            assert sorted(r.key for r in stored) == sorted(j.encode() for j in before)
+
+            # Down: requests keep flowing; each is answered 503 in time, with Retry-After.
+            broker.stop()
+            during: list[tuple[int, float, str | None]] = []
+
+            async def flow(lane: int) -> None:
+                for i in range(4):
+                    during.append(await send(http, url, f"job_during_{lane}_{i}"))
+
+            await asyncio.gather(*(flow(lane) for lane in range(4)))
+            assert {status for status, _, _ in during} == {503}
+            assert max(elapsed for _, elapsed, _ in during) <= DEADLINE + SLACK
+            assert {retry for _, _, retry in during} == {"5"}
+            async with http.get(server.make_url("/readyz")) as resp:
+                assert resp.status == 503
+
+            # Back (same address, empty: the local broker keeps nothing): 200s resume, and
+            # every 200 is a record again.
+            broker.start()
+            await create_topics(broker)
+            deadline = time.monotonic() + 30
+            accepted: list[str] = []
+            attempt = 0
+            while len(accepted) < 20 and time.monotonic() < deadline:
+                job = f"job_after_{attempt}"
+                attempt += 1
+                status, _, _ = await send(http, url, job)
+                assert status in (200, 503)
+                if status == 200:
+                    accepted.append(job)
+            assert len(accepted) == 20, "200s did not resume within 30 s of the broker's return"
+            stored = await read_topic(broker.bootstrap_servers, TOPICS.raw, expect=len(accepted))
+            keys = {r.key for r in stored}
+            assert {j.encode() for j in accepted} <= keys
+    finally:
+        await server.close()
+        broker.stop()
