@@ -36,6 +36,7 @@ _MAX_EVENT_TYPE_CHARS = 128
 _JSON = "application/json"
 _ACCEPTED: Final = b'{"received":true}'
 _HEALTHY: Final = b'{"status":"ok"}'
+_JSON_HEADERS: Final = {"Content-Type": _JSON}
 
 Clock = Callable[[], float]
 
@@ -46,6 +47,8 @@ class IngestState:
     def __init__(self, publisher: Publisher | None) -> None:
         self.publisher = publisher
         """Set by the cleanup context (or given by a test) before the first request."""
+        self.in_flight = 0
+        """Webhook requests being handled now; a graceful stop waits for it to reach 0."""
 
 
 STATE: Final = web.AppKey("wazza_ingest_state", IngestState)
@@ -100,9 +103,14 @@ class WebhookHandler:
     """Handles POSTs to the webhook path."""
 
     def __init__(
-        self, settings: IngestSettings, lines: JsonLines | None, clock: Clock = time.time
+        self,
+        settings: IngestSettings,
+        state: IngestState,
+        lines: JsonLines | None,
+        clock: Clock = time.time,
     ) -> None:
         self._settings = settings
+        self._state = state
         self._verifier = settings.verifier_config()
         self._allowlist = Allowlist(settings.allowed_networks, settings.trusted_proxies)
         self._lines = lines
@@ -113,6 +121,7 @@ class WebhookHandler:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         metrics.IN_FLIGHT.inc()
+        self._state.in_flight += 1
         fields: dict[str, Any] = {}
         try:
             outcome, response = await self._handle(request, fields)
@@ -125,6 +134,7 @@ class WebhookHandler:
             )
         finally:
             metrics.IN_FLIGHT.dec()
+            self._state.in_flight -= 1
         elapsed = time.perf_counter() - started
         metrics.OUTCOME[outcome].inc()
         metrics.REQUEST_SECONDS.observe(elapsed)
@@ -156,7 +166,10 @@ class WebhookHandler:
         length = request.content_length
         if length is not None and length > settings.max_body_bytes:
             return "too_large", self._too_large(fields)
-        ctype = request.content_type
+        # The media type without parameters ("application/json; charset=utf-8" is fine). Read
+        # here rather than through request.content_type, whose full MIME parse costs more.
+        content_type = headers.get("Content-Type", "")
+        ctype = content_type.partition(";")[0].strip().lower()
         if ctype != _JSON and not ctype.endswith("+json"):
             fields["reason"] = "unsupported_media_type"
             return "unsupported_media_type", _refusal(
@@ -166,6 +179,10 @@ class WebhookHandler:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return "too_large", self._too_large(fields)
+        except ConnectionError:
+            # The client went away mid-body: nothing to verify, nobody to answer.
+            fields["reason"] = "client_disconnected"
+            return "bad_request", _refusal(400, "client_disconnected", "the body did not arrive")
         now = self._clock()
         try:
             verified = verify(self._verifier, headers, body, now)
@@ -191,7 +208,7 @@ class WebhookHandler:
             event_id=envelope_id,
             received_at_ms=int(now * 1000),
             signature_timestamp=verified.timestamp,
-            content_type=headers.get("Content-Type", ""),
+            content_type=content_type,
             ingester=settings.instance_id,
             scheme=verified.scheme,
         )
@@ -208,7 +225,7 @@ class WebhookHandler:
             metrics.PUBLISH_RAW_FAILED.observe(time.perf_counter() - published)
             return "unavailable", self._unavailable(exc, fields)
         metrics.PUBLISH_RAW_OK.observe(time.perf_counter() - published)
-        return "accepted", web.Response(body=_ACCEPTED, content_type=_JSON)
+        return "accepted", web.Response(body=_ACCEPTED, headers=_JSON_HEADERS)
 
     async def _quarantine(
         self,
@@ -327,7 +344,7 @@ def build_app(
 
         app.cleanup_ctx.append(flush_logs)
 
-    handler = WebhookHandler(settings, lines, clock)
+    handler = WebhookHandler(settings, state, lines, clock)
     app.router.add_route("*", settings.webhook_path, handler.handle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from types import FrameType
+from typing import Any
 
 from wazza_hooks.config import ConfigError
 
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(settings: object, host: str, port: int, *, reuse_port: bool) -> int:
-    from aiohttp import web
+    import asyncio
 
     from wazza_hooks.logs import setup_logging
 
@@ -107,23 +108,51 @@ def _serve(settings: object, host: str, port: int, *, reuse_port: bool) -> int:
     lines = setup_logging("ingest")
     app = build_app(settings, lines=lines if settings.log_requests else None)
     try:
-        web.run_app(
-            app,
-            host=host,
-            port=port,
-            reuse_port=reuse_port or None,
-            access_log=None,  # our own JSON line per request replaces aiohttp's access log
-            shutdown_timeout=_SHUTDOWN_TIMEOUT_SECONDS,
-            print=lambda *_: lines.emit(
-                {"ts": round(time.time(), 3), "msg": "listening", "host": host, "port": port}
-            ),
-        )
+        asyncio.run(_run(app, host, port, reuse_port=reuse_port, lines=lines))
     except OSError as exc:
         print(
             f"wazza-ingest: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr
         )
         return 1
     return 0
+
+
+async def _run(app: Any, host: str, port: int, *, reuse_port: bool, lines: Any) -> None:
+    """Serve until SIGTERM/SIGINT, then stop gracefully.
+
+    The stop closes the listening socket first (no new connections), lets every webhook request
+    already being handled finish, bodies still arriving included, then runs aiohttp's own
+    shutdown and the cleanup contexts (the producer's flush). aiohttp's shutdown alone would drop
+    the rest of a body that is still on its way.
+    """
+    import asyncio
+
+    from aiohttp import web
+
+    from .app import STATE
+
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT_SECONDS
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+        await site.start()
+        lines.emit({"ts": round(time.time(), 3), "msg": "listening", "host": host, "port": port})
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await site.stop()
+        state = app[STATE]
+        deadline = loop.time() + _SHUTDOWN_TIMEOUT_SECONDS
+        # A bounded drain, polled 50 times a second.
+        while state.in_flight and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        lines.emit({"ts": round(time.time(), 3), "msg": "stopping", "in_flight": state.in_flight})
+    finally:
+        await runner.cleanup()
 
 
 def _supervise(host: str, port: int, workers: int) -> int:
@@ -137,6 +166,8 @@ def _supervise(host: str, port: int, workers: int) -> int:
         sys.executable, "-m", "ingest.server", "--host", host, "--port", str(port), "--reuse-port",
     ]  # fmt: skip
     stopping = False
+    procs: dict[int, subprocess.Popen[bytes]] = {}
+    started: dict[int, float] = {}
 
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
@@ -147,11 +178,11 @@ def _supervise(host: str, port: int, workers: int) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    procs: dict[int, subprocess.Popen[bytes]] = {}
-    started: dict[int, float] = {}
     failed = False
     try:
         for slot in range(workers):
+            if stopping:
+                break
             procs[slot] = subprocess.Popen(command)  # noqa: S603 - our own interpreter
             started[slot] = time.monotonic()
         while not stopping:

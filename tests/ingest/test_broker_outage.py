@@ -5,6 +5,8 @@ without restarting the ingester."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -24,6 +26,12 @@ DEADLINE = 1.0
 # machine, half a second.
 SLACK = 0.5
 TOPICS = Topics("outage.raw", "outage.quarantine", "outage.dlq")
+# After a restart, Tansu (memory only, so emptied) was seen to give two records the same offset,
+# keeping one, while the producer's retries of records refused during the outage race the first
+# writes to the re-created topic (reproduced with a bare aiokafka producer: a broker defect, which
+# Apache Kafka's durable log does not share). The restart test therefore asks durability of the
+# 200s given once those retries have drained; the hung-broker test below asks it of every 200.
+RETRY_DRAIN_SECONDS = 3.0
 
 
 async def send(http: ClientSession, url: str, job_id: str) -> tuple[int, float, str | None]:
@@ -86,24 +94,82 @@ async def test_a_broker_outage_gives_503s_within_the_deadline_and_200s_resume_af
             async with http.get(server.make_url("/readyz")) as resp:
                 assert resp.status == 503
 
-            # Back (same address, empty: the local broker keeps nothing): 200s resume, and
-            # every 200 is a record again.
+            # Back (same address, empty: the local broker keeps nothing): 200s resume without
+            # restarting the ingester, and every 200 is a record again.
             broker.start()
             await create_topics(broker)
+            # Recovery: answers are 200 or 503 (never anything else) until 200s are steady.
             deadline = time.monotonic() + 30
-            accepted: list[str] = []
+            streak = 0
             attempt = 0
-            while len(accepted) < 20 and time.monotonic() < deadline:
-                job = f"job_after_{attempt}"
+            while streak < 5 and time.monotonic() < deadline:
+                status, _, _ = await send(http, url, f"job_resume_{attempt}")
                 attempt += 1
-                status, _, _ = await send(http, url, job)
                 assert status in (200, 503)
-                if status == 200:
-                    accepted.append(job)
-            assert len(accepted) == 20, "200s did not resume within 30 s of the broker's return"
+                streak = streak + 1 if status == 200 else 0
+            assert streak == 5, "200s did not resume within 30 s of the broker's return"
+            await asyncio.sleep(RETRY_DRAIN_SECONDS)
+            accepted = [f"job_after_{i}" for i in range(20)]
+            answers = await asyncio.gather(*(send(http, url, j) for j in accepted))
+            assert [status for status, _, _ in answers] == [200] * 20
             stored = await read_topic(broker.bootstrap_servers, TOPICS.raw, expect=len(accepted))
             keys = {r.key for r in stored}
             assert {j.encode() for j in accepted} <= keys
+    finally:
+        await server.close()
+        broker.stop()
+
+
+@pytest.mark.slow
+async def test_a_hung_broker_gives_503s_within_the_deadline_and_every_200_is_durable(
+    tmp_path: Path,
+) -> None:
+    """The broker stops answering (SIGSTOP: a hung process or a partition) with its data kept."""
+    broker = LocalBroker(log_path=tmp_path / "broker.log")
+    broker.start()
+    topics = Topics("hung.raw", "hung.quarantine", "hung.dlq")
+    await ensure_topics(broker.bootstrap_servers, {topics.raw: 3, topics.quarantine: 3})
+    settings = ingest_settings(
+        broker.bootstrap_servers, topics, WAZZA_PUBLISH_TIMEOUT_SECONDS=str(DEADLINE)
+    )
+    server = TestServer(build_app(settings), host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("/api/webhooks/wazza"))
+    assert broker.pid is not None
+    try:
+        async with ClientSession() as http:
+            await wait_ready(http, str(server.make_url("/readyz")))
+            results: dict[str, int] = {}
+
+            async def flow(lane: int, phase: str, count: int) -> None:
+                for i in range(count):
+                    job = f"job_{phase}_{lane}_{i}"
+                    status, elapsed, _ = await send(http, url, job)
+                    assert elapsed <= DEADLINE + SLACK
+                    results[job] = status
+
+            await asyncio.gather(*(flow(lane, "up", 5) for lane in range(4)))
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                await asyncio.gather(*(flow(lane, "hung", 3) for lane in range(4)))
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                await flow(0, f"back{int(time.monotonic() * 1000)}", 1)
+                if list(results.values())[-1] == 200:
+                    break
+            await asyncio.gather(*(flow(lane, "after", 5) for lane in range(4)))
+
+            hung = {job: status for job, status in results.items() if "_hung_" in job}
+            assert set(hung.values()) == {503}
+            assert all(results[f"job_up_{lane}_{i}"] == 200 for lane in range(4) for i in range(5))
+            assert all(
+                results[f"job_after_{lane}_{i}"] == 200 for lane in range(4) for i in range(5)
+            )
+            accepted = {job.encode() for job, status in results.items() if status == 200}
+            stored = await read_topic(broker.bootstrap_servers, topics.raw, expect=len(accepted))
+            assert accepted <= {r.key for r in stored}
     finally:
         await server.close()
         broker.stop()

@@ -1,0 +1,412 @@
+"""`wazza-hooks` as a developer or an operator types it: real processes, ports and brokers.
+
+Every process a test starts is killed, with its descendants, when the test ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+import stat
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+import aiohttp
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from tests.conftest import BIN, read_topic, subprocess_env, unique
+from tests.signing import completed_body, sign_wazza
+from wazza_hooks import contract
+from wazza_hooks.localbroker import LocalBroker, free_port, port_in_use
+
+pytestmark = pytest.mark.slow
+
+# Each command starts in well under a second; a loaded CI machine gets ample room.
+START_SECONDS = 20.0
+# A command that refuses to run does so right after its imports.
+REFUSAL_SECONDS = 20.0
+DEFAULT_TOPICS = (contract.RAW_TOPIC, contract.QUARANTINE_TOPIC, contract.DLQ_TOPIC)
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name, or None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name is in parentheses and may itself hold spaces or parentheses.
+    return text.rsplit(")", 1)[1].split()
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def descendants_of(pid: int) -> set[int]:
+    """Every live process below `pid`."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        fields = _stat_fields(int(entry.name)) if entry.name.isdigit() else None
+        if fields is not None and fields[0] not in ("Z", "X"):
+            parents[int(entry.name)] = int(fields[1])
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for child, its_parent in parents.items():
+            if its_parent == parent and child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return raw.decode(errors="replace").split("\0")
+
+
+def tansu_on(port: int) -> set[int]:
+    """The live processes started with `--listener-url tcp://127.0.0.1:<port>`."""
+    wanted = ["--listener-url", f"tcp://127.0.0.1:{port}"]
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            args = cmdline(int(entry.name))
+            if any([a, b] == wanted for a, b in itertools.pairwise(args)) and alive(
+                int(entry.name)
+            ):
+                found.add(int(entry.name))
+    return found
+
+
+def _collect(stream: IO[bytes], into: list[str]) -> None:
+    for raw in iter(stream.readline, b""):
+        into.append(raw.decode(errors="replace"))
+
+
+class Running:
+    """A command run as a subprocess with its output collected by threads.
+
+    `close()` kills it and every descendant it was seen with, so that a hung or failing test
+    leaves nothing behind.
+    """
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.argv = argv
+        self.proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: the cleanup reaches orphans too
+        )
+        self._out: list[str] = []
+        self._err: list[str] = []
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
+        self._readers = [
+            threading.Thread(target=_collect, args=(self.proc.stdout, self._out), daemon=True),
+            threading.Thread(target=_collect, args=(self.proc.stderr, self._err), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+        self.seen: set[int] = set()
+        """Descendants seen while it ran; killed on close if still alive."""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self._out)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._err)
+
+    def output(self) -> str:
+        """Both streams, for failure messages."""
+        return f"--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
+
+    def descendants(self) -> set[int]:
+        """The live processes below it now (remembered for the cleanup)."""
+        found = descendants_of(self.pid)
+        self.seen |= found
+        return found
+
+    def _join(self) -> None:
+        for reader in self._readers:
+            reader.join(timeout=5)
+
+    async def wait_for_stdout(self, text: str, timeout: float) -> None:
+        """Until `text` shows on its stdout; fails on timeout or when it exits first."""
+        deadline = time.monotonic() + timeout
+        while text not in self.stdout:
+            if self.proc.poll() is not None:
+                self._join()
+                if text in self.stdout:
+                    return
+                pytest.fail(f"exited with {self.proc.returncode} before {text!r}\n{self.output()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {text!r} on stdout within {timeout} s\n{self.output()}")
+            await asyncio.sleep(0.05)
+
+    async def wait_exit(self, timeout: float) -> int:
+        """The exit code; fails the test when it is still running after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while (code := self.proc.poll()) is None:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{self.argv[1:3]} still running {timeout} s later\n{self.output()}")
+            await asyncio.sleep(0.05)
+        self._join()
+        return code
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.descendants()
+            # Not yet reaped, so its process group id cannot have been reused.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        for pid in self.seen:
+            if alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self._join()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@contextlib.contextmanager
+def running(argv: list[str], env: dict[str, str] | None = None) -> Iterator[Running]:
+    """Start a command; kill it and its descendants on the way out, whatever happened."""
+    proc = Running(argv, env if env is not None else subprocess_env())
+    try:
+        yield proc
+    finally:
+        proc.close()
+
+
+def hooks(*args: str | int | Path) -> list[str]:
+    return [str(BIN / "wazza-hooks"), *map(str, args)]
+
+
+def run(argv: list[str], timeout: float = REFUSAL_SECONDS) -> subprocess.CompletedProcess[str]:
+    """Run a command to its end (killed past `timeout`)."""
+    return subprocess.run(
+        argv, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def two_free_ports() -> tuple[int, int]:
+    first = free_port()
+    second = free_port()
+    while second == first:
+        second = free_port()
+    return first, second
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def partition_counts(bootstrap: str, names: tuple[str, ...]) -> dict[str, int]:
+    """Each topic's partition count as the broker describes it (-1: it does not exist)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(names))
+    finally:
+        await admin.close()
+    return {d["topic"]: len(d["partitions"]) if d["error_code"] == 0 else -1 for d in described}
+
+
+# --- wazza-hooks broker -----------------------------------------------------------------------
+
+
+async def test_broker_serves_the_three_topics_and_takes_tansu_along_on_ctrl_c() -> None:
+    port = free_port()
+    with running(hooks("broker", "--port", port, "--partitions", 5)) as broker:
+        await broker.wait_for_stdout("Ctrl-C", START_SECONDS)
+        tansu = tansu_on(port)
+        assert len(tansu) == 1, f"expected one Tansu on port {port}, found {tansu}"
+        assert tansu <= broker.descendants()
+
+        counts = await partition_counts(f"127.0.0.1:{port}", DEFAULT_TOPICS)
+        assert counts == dict.fromkeys(DEFAULT_TOPICS, 5)
+
+        broker.proc.send_signal(signal.SIGINT)
+        assert await broker.wait_exit(15) == 0, broker.output()
+    left = {pid for pid in tansu if alive(pid)}
+    assert not left, f"Tansu still running after the command exited: {left}"
+    assert not port_in_use("127.0.0.1", port)
+
+
+def test_a_second_broker_on_a_busy_port_refuses_and_says_the_port_is_in_use(
+    broker: LocalBroker,
+) -> None:
+    result = run(hooks("broker", "--port", broker.port))
+
+    assert result.returncode != 0, result
+    assert f"port {broker.port}" in result.stderr
+    assert "in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- wazza-hooks topics ensure ----------------------------------------------------------------
+
+
+def test_topics_ensure_creates_the_topics_once_then_reports_them_as_existing(
+    broker: LocalBroker,
+) -> None:
+    raw, quarantine, dlq = unique("cli.raw"), unique("cli.quarantine"), unique("cli.dlq")
+    argv = hooks(
+        "topics", "ensure", "--bootstrap-servers", broker.bootstrap_servers,
+        "--raw-topic", raw, "--quarantine-topic", quarantine, "--dlq-topic", dlq,
+        "--partitions", 4,
+    )  # fmt: skip
+
+    first = run(argv)
+    second = run(argv)
+
+    assert first.returncode == 0, first
+    assert first.stdout.splitlines() == [
+        f"{t}: created, 4 partitions" for t in (raw, quarantine, dlq)
+    ]
+    assert second.returncode == 0, second
+    assert second.stdout.splitlines() == [
+        f"{t}: exists, 4 partitions" for t in (raw, quarantine, dlq)
+    ]
+
+
+def test_topics_ensure_against_an_address_nobody_listens_on_exits_1_naming_it() -> None:
+    port = free_port()
+    started = time.monotonic()
+
+    result = run(hooks("topics", "ensure", "--bootstrap-servers", f"127.0.0.1:{port}"), timeout=30)
+
+    assert result.returncode == 1, result
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert time.monotonic() - started < 30
+
+
+# --- wazza-hooks dev --------------------------------------------------------------------------
+
+
+async def test_dev_runs_a_stack_that_takes_a_signed_webhook_and_stops_whole_on_ctrl_c(
+    tmp_path: Path,
+) -> None:
+    port, broker_port = two_free_ports()
+    var = tmp_path / "var"
+    url = f"http://127.0.0.1:{port}/api/webhooks/wazza"
+    with running(hooks("dev", "--port", port, "--broker-port", broker_port, "--var", var)) as dev:
+        await dev.wait_for_stdout(url, START_SECONDS)
+        secret_file = var / "dev-secret"
+        assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+        secret = secret_file.read_text().strip()
+        assert len(secret) >= 32
+
+        job = f"job_{uuid.uuid4().hex[:16]}"
+        body = completed_body(job)
+        connector = aiohttp.TCPConnector(force_close=True)
+        two_s = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            deadline = time.monotonic() + START_SECONDS
+            ready = False
+            while not ready and time.monotonic() < deadline:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(
+                        f"http://127.0.0.1:{port}/readyz", timeout=two_s
+                    ) as resp:
+                        ready = resp.status == 200
+                await asyncio.sleep(0.05)
+            assert ready, f"the dev ingester never became ready\n{dev.output()}"
+            headers = sign_wazza(secret, body, int(time.time()))
+            async with session.post(url, data=body, headers=headers, timeout=two_s) as resp:
+                assert resp.status == 200, await resp.text()
+        records = await read_topic(f"127.0.0.1:{broker_port}", contract.RAW_TOPIC, expect=1)
+        assert [r.value for r in records] == [body]
+
+        stack = dev.descendants()
+        assert len(stack) >= 2, f"expected the broker and the ingester, found {stack}"
+
+        second = run(
+            hooks("dev", "--port", port, "--broker-port", broker_port, "--var", tmp_path / "b")
+        )
+        assert second.returncode == 1, second
+        assert "probably running" in second.stderr
+
+        dev.proc.send_signal(signal.SIGINT)
+        assert await dev.wait_exit(30) == 0, dev.output()
+    await wait_until(
+        lambda: not port_in_use("127.0.0.1", port) and not port_in_use("127.0.0.1", broker_port),
+        2,
+        "the ports to be free",
+    )
+    left = {pid for pid in stack if alive(pid)}
+    assert not left, f"processes of the stack still running: {left}"
+
+
+# --- help -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param([str(BIN / "wazza-ingest")], id="wazza-ingest"),
+        pytest.param(hooks("broker"), id="broker"),
+        pytest.param(hooks("topics", "ensure"), id="topics-ensure"),
+        pytest.param(hooks("dev"), id="dev"),
+    ],
+)
+def test_help_of_each_command_exits_0_and_shows_an_example(argv: list[str]) -> None:
+    result = run([*argv, "--help"])
+
+    assert result.returncode == 0, result
+    assert "example" in result.stdout.lower()
+    example = result.stdout.lower().split("example", 1)[1]
+    assert Path(argv[0]).name in example, "the example shows the command itself"
+
+
+@pytest.mark.parametrize(
+    ("argv", "listed"),
+    [
+        pytest.param(hooks(), ("broker", "topics", "dev"), id="wazza-hooks"),
+        pytest.param(hooks("topics"), ("ensure",), id="topics"),
+    ],
+)
+def test_help_of_each_command_group_exits_0_and_lists_its_commands(
+    argv: list[str], listed: tuple[str, ...]
+) -> None:
+    result = run([*argv, "--help"])
+
+    assert result.returncode == 0, result
+    for name in listed:
+        assert name in result.stdout
