@@ -8,16 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import signal
 import stat
 import subprocess
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
 import aiohttp
 import pytest
@@ -27,6 +24,8 @@ from tests.conftest import BIN, read_topic, subprocess_env, unique
 from tests.signing import completed_body, sign_wazza
 from wazza_hooks import contract
 from wazza_hooks.localbroker import LocalBroker, free_port, port_in_use
+
+from ..processes import alive, running
 
 pytestmark = pytest.mark.slow
 
@@ -38,40 +37,6 @@ DEFAULT_TOPICS = (contract.RAW_TOPIC, contract.QUARANTINE_TOPIC, contract.DLQ_TO
 
 
 # --- processes --------------------------------------------------------------------------------
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """The fields of /proc/<pid>/stat after the command name, or None when it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name is in parentheses and may itself hold spaces or parentheses.
-    return text.rsplit(")", 1)[1].split()
-
-
-def alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
-    fields = _stat_fields(pid)
-    return fields is not None and fields[0] not in ("Z", "X")
-
-
-def descendants_of(pid: int) -> set[int]:
-    """Every live process below `pid`."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        fields = _stat_fields(int(entry.name)) if entry.name.isdigit() else None
-        if fields is not None and fields[0] not in ("Z", "X"):
-            parents[int(entry.name)] = int(fields[1])
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        parent = todo.pop()
-        for child, its_parent in parents.items():
-            if its_parent == parent and child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def cmdline(pid: int) -> list[str]:
@@ -94,119 +59,6 @@ def tansu_on(port: int) -> set[int]:
             ):
                 found.add(int(entry.name))
     return found
-
-
-def _collect(stream: IO[bytes], into: list[str]) -> None:
-    for raw in iter(stream.readline, b""):
-        into.append(raw.decode(errors="replace"))
-
-
-class Running:
-    """A command run as a subprocess with its output collected by threads.
-
-    `close()` kills it and every descendant it was seen with, so that a hung or failing test
-    leaves nothing behind.
-    """
-
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        self.argv = argv
-        self.proc = subprocess.Popen(
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # its own process group: the cleanup reaches orphans too
-        )
-        self._out: list[str] = []
-        self._err: list[str] = []
-        assert self.proc.stdout is not None
-        assert self.proc.stderr is not None
-        self._readers = [
-            threading.Thread(target=_collect, args=(self.proc.stdout, self._out), daemon=True),
-            threading.Thread(target=_collect, args=(self.proc.stderr, self._err), daemon=True),
-        ]
-        for reader in self._readers:
-            reader.start()
-        self.seen: set[int] = set()
-        """Descendants seen while it ran; killed on close if still alive."""
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def stdout(self) -> str:
-        return "".join(self._out)
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self._err)
-
-    def output(self) -> str:
-        """Both streams, for failure messages."""
-        return f"--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
-
-    def descendants(self) -> set[int]:
-        """The live processes below it now (remembered for the cleanup)."""
-        found = descendants_of(self.pid)
-        self.seen |= found
-        return found
-
-    def _join(self) -> None:
-        for reader in self._readers:
-            reader.join(timeout=5)
-
-    async def wait_for_stdout(self, text: str, timeout: float) -> None:
-        """Until `text` shows on its stdout; fails on timeout or when it exits first."""
-        deadline = time.monotonic() + timeout
-        while text not in self.stdout:
-            if self.proc.poll() is not None:
-                self._join()
-                if text in self.stdout:
-                    return
-                pytest.fail(f"exited with {self.proc.returncode} before {text!r}\n{self.output()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {text!r} on stdout within {timeout} s\n{self.output()}")
-            await asyncio.sleep(0.05)
-
-    async def wait_exit(self, timeout: float) -> int:
-        """The exit code; fails the test when it is still running after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while (code := self.proc.poll()) is None:
-            if time.monotonic() > deadline:
-                pytest.fail(f"{self.argv[1:3]} still running {timeout} s later\n{self.output()}")
-            await asyncio.sleep(0.05)
-        self._join()
-        return code
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.descendants()
-            # Not yet reaped, so its process group id cannot have been reused.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-        for pid in self.seen:
-            if alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self._join()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-
-
-@contextlib.contextmanager
-def running(argv: list[str], env: dict[str, str] | None = None) -> Iterator[Running]:
-    """Start a command; kill it and its descendants on the way out, whatever happened."""
-    proc = Running(argv, env if env is not None else subprocess_env())
-    try:
-        yield proc
-    finally:
-        proc.close()
 
 
 def hooks(*args: str | int | Path) -> list[str]:
