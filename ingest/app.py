@@ -330,6 +330,7 @@ def build_app(
                 enable_idempotence=settings.enable_idempotence,
                 linger_ms=settings.linger_ms,
                 on_connection_change=metrics.set_broker_up,
+                on_batch=metrics.BATCH_RECORDS.observe,
             ) as producer:
                 state.publisher = producer
                 yield

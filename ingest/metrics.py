@@ -52,6 +52,11 @@ PUBLISH_SECONDS = Histogram(
     ["topic_role", "result"],
     buckets=_LATENCY_BUCKETS,
 )
+BATCH_RECORDS = Histogram(
+    "wazza_ingest_batch_records",
+    "Records per batch handed to the producer: how well requests share broker round trips.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
 IN_FLIGHT = Gauge(
     "wazza_ingest_requests_in_flight",
     "Webhook requests being handled now.",

@@ -110,12 +110,14 @@ class KafkaPublisher:
         enable_idempotence: bool,
         linger_ms: int,
         on_connection_change: Callable[[bool], None] = lambda up: None,
+        on_batch: Callable[[int], None] = lambda records: None,
     ) -> None:
         self._bootstrap = bootstrap_servers
         self._client_id = client_id
         self._idempotence = enable_idempotence
         self._linger = linger_ms / 1000
         self._on_change = on_connection_change
+        self._on_batch = on_batch
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._up = False
@@ -234,6 +236,7 @@ class KafkaPublisher:
         if not ready:
             return
         for batch in ready:
+            self._on_batch(len(batch.waiters))
             batch.holds_slot = True
             self._busy[batch.slot] = self._busy.get(batch.slot, 0) + 1
         task = self._loop.create_task(self._deliver(producer, ready))

@@ -1,9 +1,10 @@
 """JSON log lines on stdout: one object a line, for people and for log shippers alike.
 
 Lifecycle messages go through the `logging` module. The per-request line of a hot path goes
-through `JsonLines.emit`, which skips `logging`'s record machinery (a few microseconds a line,
-a real share of a request that costs fifty) and writes into stdout's buffer; `flush_every`
-keeps what is written visible within a fraction of a second.
+through `JsonLines.emit`, which skips `logging`'s record machinery and only appends the encoded
+line to a list: measured, writing each line into stdout's buffer cost a tenth of the
+ingester's time (the buffer's write calls and the system calls behind its small flushes);
+`flush_every` writes the list out in one call a few times a second.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import orjson
 
 # Log lines reach a terminal or a shipper within this long even when traffic is light.
 _FLUSH_SECONDS = 0.25
+# Past this many pending lines (a few MB at most) they are written at once, whatever the clock.
+_MAX_PENDING_LINES = 10_000
 
 
 class JsonLines:
@@ -27,20 +30,29 @@ class JsonLines:
 
     def __init__(self, stream: IO[bytes] | None = None) -> None:
         self._stream = stream if stream is not None else sys.stdout.buffer
+        self._pending: list[bytes] = []
 
     def emit(self, fields: dict[str, Any]) -> None:
-        """Write one line; never raises for an unserialisable value (it is written as text)."""
+        """Queue one line; never raises for an unserialisable value (it is written as text)."""
         try:
             line = orjson.dumps(fields, default=str, option=orjson.OPT_APPEND_NEWLINE)
         except TypeError:
             line = orjson.dumps({k: str(v) for k, v in fields.items()}) + b"\n"
-        # A closed or broken stdout must not fail a request.
-        with contextlib.suppress(OSError, ValueError):
-            self._stream.write(line)
+        self._pending.append(line)
+        if len(self._pending) >= _MAX_PENDING_LINES:
+            self.flush()
+
+    def write_now(self, line: bytes) -> None:
+        """Write one line at once, after those queued (lifecycle messages)."""
+        self._pending.append(line)
+        self.flush()
 
     def flush(self) -> None:
-        """Push buffered lines out."""
+        """Write the queued lines out. A closed or broken stdout must not fail a request."""
+        pending, self._pending = self._pending, []
         with contextlib.suppress(OSError, ValueError):
+            if pending:
+                self._stream.write(b"".join(pending))
             self._stream.flush()
 
     @contextlib.asynccontextmanager
@@ -86,11 +98,7 @@ class _LineHandler(logging.Handler):
         self._lines = lines
 
     def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self._lines._stream.write(self.format(record).encode() + b"\n")
-            self._lines.flush()
-        except (OSError, ValueError):
-            pass
+        self._lines.write_now(self.format(record).encode() + b"\n")
 
 
 def setup_logging(service: str, level: str = "INFO") -> JsonLines:
