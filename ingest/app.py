@@ -24,7 +24,7 @@ from . import metrics
 from .allowlist import Allowlist
 from .publisher import KafkaPublisher, Publisher, PublishError
 from .settings import IngestSettings
-from .signature import SignatureError, verify
+from .signature import SignatureError, Verified, verify
 
 log = logging.getLogger("wazza.ingest")
 
@@ -122,7 +122,8 @@ class WebhookHandler:
         started = time.perf_counter()
         metrics.IN_FLIGHT.inc()
         self._state.in_flight += 1
-        fields: dict[str, Any] = {}
+        # The first keys set the order of the log line: time and message lead.
+        fields: dict[str, Any] = {"ts": 0.0, "msg": "webhook", "outcome": "", "status": 0}
         try:
             outcome, response = await self._handle(request, fields)
         except Exception:
@@ -140,7 +141,6 @@ class WebhookHandler:
         metrics.REQUEST_SECONDS.observe(elapsed)
         if self._lines is not None:
             fields["ts"] = round(time.time(), 3)
-            fields["msg"] = "webhook"
             fields["outcome"] = outcome
             fields["status"] = response.status
             fields["remote"] = request.remote
@@ -232,7 +232,7 @@ class WebhookHandler:
         publisher: Publisher,
         request: web.Request,
         body: bytes,
-        verified: Any,
+        verified: Verified,
         event_id: str,
         q: _Quarantine,
         fields: dict[str, Any],

@@ -18,9 +18,12 @@ import sys
 import tempfile
 import time
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wazza_hooks.config import ConfigError
+
+if TYPE_CHECKING:  # the settings import stays lazy: see _supervise and multiprocess metrics
+    from .settings import IngestSettings
 
 # In-flight requests end within the publish deadline (at most 4.5 s); this leaves room for the
 # producer's flush as well, under the 30 s grace Kubernetes gives by default.
@@ -96,15 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     return _serve(settings, args.host, args.port, reuse_port=args.reuse_port)
 
 
-def _serve(settings: object, host: str, port: int, *, reuse_port: bool) -> int:
+def _serve(settings: IngestSettings, host: str, port: int, *, reuse_port: bool) -> int:
     import asyncio
 
     from wazza_hooks.logs import setup_logging
 
     from .app import build_app
-    from .settings import IngestSettings
 
-    assert isinstance(settings, IngestSettings)  # noqa: S101
     lines = setup_logging("ingest")
     app = build_app(settings, lines=lines if settings.log_requests else None)
     try:
