@@ -1,0 +1,110 @@
+"""Job events as the consumers see them: parsed from a raw record's exact bytes.
+
+The ingester guarantees a JSON object with string `event` and `jobId`; everything else here is
+the sender's business and is read leniently (a missing `progress.stage` is no reason to refuse a
+completion), except what the order rules need: the event time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from wazza_hooks import contract
+
+
+class EventError(ValueError):
+    """A raw record's body is not a usable job event; retrying cannot help (dead-letter it)."""
+
+    retriable = False
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One webhook event of one job."""
+
+    event_type: str
+    """`job.completed`, `job.failed` or `job.processing`."""
+    job_id: str
+    """The sender's job id."""
+    event_id: str
+    """From the record's headers (the sender's id or the body's SHA-256)."""
+    event_time_ms: int
+    """The body's `timestamp` in ms since the epoch; the receive time when the sender sent none."""
+    percent: float | None = None
+    """`progress.percent` of a processing event."""
+    stage: str | None = None
+    """`progress.stage` of a processing event."""
+    eta_seconds: float | None = None
+    """`progress.estimatedTimeRemaining` of a processing event."""
+    output: Mapping[str, Any] | None = None
+    """`output` of a completed event (url, width, height, duration, format)."""
+    error: Mapping[str, Any] | None = None
+    """`error` of a failed event (code, message)."""
+    metadata: Mapping[str, Any] | None = None
+    """`metadata` (provider, model, creditsUsed)."""
+
+    @property
+    def terminal(self) -> bool:
+        """True for `job.completed` and `job.failed`."""
+        return self.event_type in (contract.JOB_COMPLETED, contract.JOB_FAILED)
+
+
+def parse_time_ms(text: object) -> int | None:
+    """ISO-8601 (`2025-10-22T10:30:00Z`, offsets, fractions) to ms since the epoch; None if not."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:  # the sender writes UTC; a bare time is read as UTC too
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _mapping(value: object) -> Mapping[str, Any] | None:
+    return value if isinstance(value, dict) else None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def parse_event(body: bytes, envelope: contract.RawEnvelope) -> JobEvent:
+    """The job event in a raw record; raises EventError when the body cannot be one."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise EventError(f"body is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise EventError("body is not a JSON object")
+    job_id = doc.get("jobId")
+    if not isinstance(job_id, str) or not job_id:
+        raise EventError("body has no jobId")
+    event_time = parse_time_ms(doc.get("timestamp"))
+    if event_time is None:
+        event_time = envelope.received_at_ms
+    progress = _mapping(doc.get("progress")) or {}
+    percent = _number(progress.get("percent"))
+    if percent is not None and not 0 <= percent <= 100:
+        raise EventError(f"progress.percent {percent} is outside 0..100")
+    stage = progress.get("stage")
+    return JobEvent(
+        event_type=envelope.event_type,
+        job_id=job_id,
+        event_id=envelope.event_id,
+        event_time_ms=event_time,
+        percent=percent,
+        stage=stage if isinstance(stage, str) else None,
+        eta_seconds=_number(progress.get("estimatedTimeRemaining")),
+        output=_mapping(doc.get("output")),
+        error=_mapping(doc.get("error")),
+        metadata=_mapping(doc.get("metadata")),
+    )
