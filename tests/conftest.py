@@ -141,3 +141,29 @@ async def no_leftover_tasks() -> AsyncIterator[None]:
     yield
     after = {t for t in asyncio.all_tasks() - before if not t.done()}
     assert not after, f"tasks left running: {after}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server for the session: the machine's on 127.0.0.1:5432 (or the one
+    WAZZA_TEST_POSTGRES_DSN names), else a private one from the pgserver wheel. Never skipped."""
+    from .postgres import postgres_server_dsn
+
+    dsn, cleanup = postgres_server_dsn()
+    try:
+        yield dsn
+    finally:
+        cleanup()
+
+
+@pytest.fixture
+async def postgres_dsn(postgres_server: str) -> AsyncIterator[str]:
+    """A fresh database of this test's own on the session's server, dropped afterwards."""
+    from .postgres import create_database, drop_database
+
+    name = f"wazza_test_{uuid.uuid4().hex}"
+    dsn = await create_database(postgres_server, name)
+    try:
+        yield dsn
+    finally:
+        await drop_database(postgres_server, name)
