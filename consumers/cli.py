@@ -1,0 +1,100 @@
+"""`wazza-consumer SERVICE`: run one consumer service until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from wazza_hooks.config import ConfigError
+
+_EPILOG = """\
+services:
+  completion   job.completed -> the job's status, output, metadata, completion time
+  failure      job.failed    -> status and error
+  progress     job.processing -> percent, stage, time remaining (never backwards)
+  package.module:name          a consumers.Service of your own
+
+environment:
+  DATABASE_URL             sqlite:///./var/wazza.db (default) or postgresql://user@host/db
+  KAFKA_BOOTSTRAP_SERVERS  host:port (default localhost:9092)
+  KAFKA_ENABLE_IDEMPOTENCE false for the local broker
+  WAZZA_RAW_TOPIC, WAZZA_DLQ_TOPIC, WAZZA_CONSUMER_BATCH_SIZE, WAZZA_DEDUP_RETENTION_SECONDS
+
+examples:
+  wazza-consumer completion --metrics-port 9101
+  DATABASE_URL=postgresql://wazza@db/wazza wazza-consumer progress
+  wazza-consumer myapp.notify:service
+"""
+
+_DEFAULT_PORTS = {"completion": 9101, "failure": 9102, "progress": 9103}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `wazza-consumer`; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="wazza-consumer",
+        description="Run a consumer service: effectively-once job state from the raw topic.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("service", help="completion, failure, progress or package.module:name")
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, help="Prometheus /metrics port (0: none)"
+    )
+    parser.add_argument("--metrics-host", default="127.0.0.1")
+    args = parser.parse_args(argv)
+
+    from .service import ServiceError, load_service
+    from .settings import ConsumerSettings
+
+    try:
+        settings = ConsumerSettings.from_env()
+        service = load_service(args.service)
+    except (ConfigError, ServiceError) as exc:
+        print(f"wazza-consumer: {exc}", file=sys.stderr)
+        return 2
+    port = args.metrics_port
+    if port is None:
+        port = _DEFAULT_PORTS.get(service.name, 9100)
+    from wazza_hooks.logs import setup_logging
+
+    setup_logging(f"consumer-{service.name}")
+    if port:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(port, addr=args.metrics_host)
+        except OSError as exc:
+            print(f"wazza-consumer: metrics port {port}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+    return asyncio.run(_run(service, settings))
+
+
+async def _run(service: object, settings: object) -> int:
+    from .runtime import ConsumerRuntime
+    from .service import Service
+    from .settings import ConsumerSettings
+    from .store import StoreError, open_store
+
+    assert isinstance(service, Service)  # noqa: S101
+    assert isinstance(settings, ConsumerSettings)  # noqa: S101
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        store = await open_store(settings.database_url)
+    except StoreError as exc:
+        print(f"wazza-consumer: {exc}", file=sys.stderr)
+        return 1
+    try:
+        await ConsumerRuntime(service, settings, store).run(stop)
+    finally:
+        await store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

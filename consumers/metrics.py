@@ -1,0 +1,53 @@
+"""The consumer services' Prometheus metrics (DESIGN.md, "Metrics"), labelled by service."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from wazza_hooks import contract
+
+EVENTS = Counter(
+    "wazza_consumer_events",
+    "Events a service took, by event type and outcome.",
+    ["service", "event_type", "outcome"],
+)
+BATCH_RECORDS = Histogram(
+    "wazza_consumer_batch_records",
+    "Records per batch.",
+    ["service"],
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+)
+BATCH_SECONDS = Histogram(
+    "wazza_consumer_batch_duration_seconds",
+    "Time to apply one batch in the store (one transaction).",
+    ["service"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+END_TO_END_SECONDS = Histogram(
+    "wazza_consumer_end_to_end_seconds",
+    "From the ingester receiving a webhook to its event applied in the store.",
+    ["service"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+LAG = Gauge(
+    "wazza_consumer_lag_records",
+    "Records in the partition not yet applied by the service (cleared on revoke).",
+    ["service", "partition"],
+)
+ASSIGNED = Gauge(
+    "wazza_consumer_assigned_partitions", "Partitions assigned to this instance.", ["service"]
+)
+REBALANCES = Counter("wazza_consumer_rebalances", "Partition assignments received.", ["service"])
+STORE_ERRORS = Counter(
+    "wazza_consumer_store_errors", "Batches that failed on the store and were retried.", ["service"]
+)
+DEDUP_PRUNED = Counter(
+    "wazza_consumer_dedup_keys_pruned",
+    "Dedup keys deleted after the retention window.",
+    ["service"],
+)
+
+
+def event_type_label(event_type: str) -> str:
+    """A bounded label: the known types, else `other` (the sender may invent new ones)."""
+    return event_type if event_type in contract.KNOWN_EVENT_TYPES else "other"

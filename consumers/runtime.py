@@ -1,0 +1,305 @@
+"""The consumer loop every service runs on (built-in or a user's).
+
+One consumer group per service, manual offsets, batches from `getmany`, each applied in one
+store transaction (`batch.apply_batch`); then the same offsets are committed to Kafka, best
+effort, for lag monitors. The store, not Kafka, is the source of truth: on assignment each
+partition is sought to the offset the store holds. A batch in flight is finished before its
+partitions are given up (revocation waits for it) and before a stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from wazza_hooks import contract
+
+from . import metrics
+from .batch import (
+    APPLIED,
+    BatchResult,
+    Record,
+    apply_batch,
+    prune_dedup_keys,
+    stored_offsets,
+)
+from .service import Service
+from .settings import ConsumerSettings
+from .store import Store, StoreError, StoreUnavailable
+
+log = logging.getLogger("wazza.consumers.runtime")
+
+# A store that is down is retried with these waits (then the last one, forever): soon enough to
+# resume within seconds of its return, slow enough not to hammer it.
+_STORE_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+# Dedup keys are pruned this often; the retention window (days) makes precision pointless.
+_PRUNE_EVERY_SECONDS = 600.0
+# A dead letter must be acknowledged before the batch moves on; past this the batch is retried.
+_DLQ_TIMEOUT_SECONDS = 10.0
+# getmany's wait when nothing is there: the latency of noticing a stop on an idle topic.
+_POLL_MS = 500
+
+
+class DeadLetterUnavailable(StoreUnavailable):
+    """The dead-letter topic did not acknowledge: the batch is retried, nothing is skipped."""
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runtime: ConsumerRuntime) -> None:
+        self._runtime = runtime
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._runtime.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._runtime.on_assigned(assigned)
+
+
+class ConsumerRuntime:
+    """Runs one service until `stop` is set."""
+
+    def __init__(
+        self,
+        service: Service,
+        settings: ConsumerSettings,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.store = store
+        self._clock = clock
+        self._topic = settings.raw_topic
+        self._lock = asyncio.Lock()
+        self._gaps: set[int] = set()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._stop = asyncio.Event()
+        self.assigned: asyncio.Event = asyncio.Event()
+        """Set once partitions were assigned and sought (tests and readiness wait on it)."""
+
+    @property
+    def group_id(self) -> str:
+        """The service's consumer group."""
+        return f"{self.settings.group_prefix}{self.service.name}"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set; then finish the batch, commit and leave the group."""
+        self._stop = stop
+        await self._ensure_schema()
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            acks="all",
+            enable_idempotence=self.settings.enable_idempotence,
+            client_id=f"{self.group_id}-dlq",
+        )
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            group_id=self.group_id,
+            client_id=f"{self.group_id}-{self.settings.instance_id}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.settings.batch_size,
+        )
+        self._consumer.subscribe([self._topic], listener=_Listener(self))
+        await self._producer.start()
+        try:
+            await self._consumer.start()
+            try:
+                await self._loop()
+            finally:
+                await self._consumer.stop()  # leaves the group: its partitions move at once
+        finally:
+            await self._producer.stop()
+            metrics.ASSIGNED.labels(self.service.name).set(0)
+
+    async def _ensure_schema(self) -> None:
+        if not self.service.schema:
+            return
+        async with self.store.transaction() as tx:
+            for statement in self.service.schema:
+                await tx.execute(statement)
+
+    async def _loop(self) -> None:
+        assert self._consumer is not None  # noqa: S101
+        consumer = self._consumer
+        next_prune = time.monotonic()
+        while not self._stop.is_set():
+            data = await consumer.getmany(timeout_ms=_POLL_MS, max_records=self.settings.batch_size)
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + _PRUNE_EVERY_SECONDS
+                await self._prune()
+            if not data:
+                continue
+            partitions = {
+                tp.partition: [
+                    Record(m.topic, m.partition, m.offset, m.key, m.value or b"", list(m.headers))
+                    for m in messages
+                ]
+                for tp, messages in data.items()
+                if messages
+            }
+            started = time.perf_counter()
+            async with self._lock:
+                assignment = consumer.assignment()
+                partitions = {
+                    p: r
+                    for p, r in partitions.items()
+                    if TopicPartition(self._topic, p) in assignment
+                }
+                if not partitions:
+                    continue
+                result = await self._apply_until_done(partitions)
+                if result is None:
+                    return  # stopping during a store outage: nothing stored, nothing lost
+                for partition, offset in result.seek.items():
+                    tp = TopicPartition(self._topic, partition)
+                    log.warning(
+                        "%s[%d]: store holds offset %d, batch began at %d: seeking",
+                        self._topic,
+                        partition,
+                        offset,
+                        partitions[partition][0].offset,
+                    )
+                    self._gaps.add(partition)
+                    consumer.seek(tp, offset)
+                for partition in result.next_offsets:
+                    self._gaps.discard(partition)
+            self._observe(result, sum(len(r) for r in partitions.values()), started)
+            await self._commit_to_kafka(result)
+
+    async def _apply_until_done(self, partitions: dict[int, list[Record]]) -> BatchResult | None:
+        attempt = 0
+        while True:
+            try:
+                return await apply_batch(
+                    self.store,
+                    self.service,
+                    self._topic,
+                    partitions,
+                    self._dead_letter,
+                    frozenset(self._gaps),
+                )
+            except StoreUnavailable as exc:
+                metrics.STORE_ERRORS.labels(self.service.name).inc()
+                delay = _STORE_RETRY_DELAYS[min(attempt, len(_STORE_RETRY_DELAYS) - 1)]
+                attempt += 1
+                first = min(r[0].offset for r in partitions.values())
+                log.warning(
+                    "%s: batch from offset %d not applied (%s); retrying in %.1f s",
+                    self._topic,
+                    first,
+                    exc,
+                    delay,
+                )
+                try:
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                except TimeoutError:
+                    continue
+                return None
+
+    async def _dead_letter(self, record: Record, error: BaseException) -> None:
+        assert self._producer is not None  # noqa: S101
+        letter = contract.DeadLetter(
+            group=self.group_id,
+            error_class=type(error).__name__,
+            error_message=str(error),
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+        log.error(
+            "%s[%d]@%d: dead-lettered after %s: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            type(error).__name__,
+            error,
+        )
+        try:
+            await asyncio.wait_for(
+                self._producer.send_and_wait(
+                    self.settings.dlq_topic,
+                    record.value,
+                    key=record.key,
+                    headers=letter.to_headers(record.headers),
+                ),
+                _DLQ_TIMEOUT_SECONDS,
+            )
+        except (KafkaError, TimeoutError) as exc:
+            raise DeadLetterUnavailable(f"dead-letter topic did not acknowledge: {exc!r}") from exc
+
+    def _observe(self, result: BatchResult, size: int, started: float) -> None:
+        name = self.service.name
+        metrics.BATCH_RECORDS.labels(name).observe(size)
+        metrics.BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
+        now_ms = self._clock() * 1000
+        e2e = metrics.END_TO_END_SECONDS.labels(name)
+        for event_type, outcome, received in result.outcomes:
+            metrics.EVENTS.labels(name, metrics.event_type_label(event_type), outcome).inc()
+            if outcome == APPLIED and received is not None:
+                e2e.observe(max(0.0, (now_ms - received) / 1000))
+        assert self._consumer is not None  # noqa: S101
+        for partition, next_offset in result.next_offsets.items():
+            high = self._consumer.highwater(TopicPartition(self._topic, partition))
+            if high is not None:
+                metrics.LAG.labels(name, str(partition)).set(max(0, high - next_offset))
+
+    async def _commit_to_kafka(self, result: BatchResult) -> None:
+        if not result.next_offsets or self._consumer is None:
+            return
+        offsets = {TopicPartition(self._topic, p): o for p, o in result.next_offsets.items()}
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as exc:  # only lag monitors read these; the store has the truth
+            log.info("kafka offset commit skipped: %r", exc)
+
+    async def _prune(self) -> None:
+        try:
+            pruned = await prune_dedup_keys(self.store, self.settings.dedup_retention_seconds)
+        except StoreError as exc:
+            log.warning("dedup keys not pruned: %s", exc)
+            return
+        if pruned:
+            metrics.DEDUP_PRUNED.labels(self.service.name).inc(pruned)
+
+    async def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Wait for the batch in flight, then let the partitions go."""
+        async with self._lock:
+            for tp in revoked:
+                self._gaps.discard(tp.partition)
+                with contextlib.suppress(KeyError):  # never measured: nothing to clear
+                    metrics.LAG.remove(self.service.name, str(tp.partition))
+        self.assigned.clear()
+
+    async def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        """Seek every assigned partition to the offset the store holds."""
+        assert self._consumer is not None  # noqa: S101
+        metrics.REBALANCES.labels(self.service.name).inc()
+        metrics.ASSIGNED.labels(self.service.name).set(len(assigned))
+        attempt = 0
+        while True:
+            try:
+                offsets = await stored_offsets(self.store, self.service.name, self._topic)
+                break
+            except StoreUnavailable as exc:
+                metrics.STORE_ERRORS.labels(self.service.name).inc()
+                delay = _STORE_RETRY_DELAYS[min(attempt, len(_STORE_RETRY_DELAYS) - 1)]
+                attempt += 1
+                log.warning("stored offsets unreadable (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+        fresh = [tp for tp in assigned if tp.partition not in offsets]
+        # A partition the store has never seen starts at the beginning, whatever Kafka's own
+        # committed offset says (the store may be new). An exact seek, not seek_to_beginning():
+        # that one is applied lazily, after a fetch may already have begun elsewhere.
+        beginnings = await self._consumer.beginning_offsets(fresh) if fresh else {}
+        for tp in assigned:
+            self._consumer.seek(tp, offsets.get(tp.partition, beginnings.get(tp, 0)))
+        self.assigned.set()

@@ -1,0 +1,55 @@
+"""A consumer service's settings: read once from the environment, validated, frozen."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from wazza_hooks import contract
+from wazza_hooks.config import ConfigError, Env, default_instance_id
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSettings:
+    """Everything a consumer service is configured with."""
+
+    database_url: str = "sqlite:///./var/wazza.db"
+    """DATABASE_URL: sqlite:///path (default ./var/wazza.db) or postgresql://..."""
+    bootstrap_servers: str = "localhost:9092"
+    """KAFKA_BOOTSTRAP_SERVERS."""
+    enable_idempotence: bool = True
+    """KAFKA_ENABLE_IDEMPOTENCE: for the dead-letter producer; off for the local broker."""
+    raw_topic: str = contract.RAW_TOPIC
+    """WAZZA_RAW_TOPIC."""
+    dlq_topic: str = contract.DLQ_TOPIC
+    """WAZZA_DLQ_TOPIC."""
+    batch_size: int = 500
+    """WAZZA_CONSUMER_BATCH_SIZE: records per batch (one store transaction)."""
+    dedup_retention_seconds: int = 7 * 24 * 3600
+    """WAZZA_DEDUP_RETENTION_SECONDS: how long dedup keys are kept; must outlast the sender's
+    whole retry span (5 attempts with exponential backoff)."""
+    group_prefix: str = "wazza-"
+    """WAZZA_GROUP_PREFIX: the consumer group is this plus the service name."""
+    instance_id: str = ""
+    """WAZZA_INSTANCE_ID: host:pid by default."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ConsumerSettings:
+        """Read and validate; raises ConfigError naming the variable at fault."""
+        env = Env(environ)
+        url = env.text("DATABASE_URL", "sqlite:///./var/wazza.db")
+        if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ConfigError("DATABASE_URL must start with sqlite:/// or postgresql://")
+        return cls(
+            database_url=url,
+            bootstrap_servers=env.text("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
+            enable_idempotence=env.flag("KAFKA_ENABLE_IDEMPOTENCE", True),
+            raw_topic=env.text("WAZZA_RAW_TOPIC", contract.RAW_TOPIC),
+            dlq_topic=env.text("WAZZA_DLQ_TOPIC", contract.DLQ_TOPIC),
+            batch_size=env.integer("WAZZA_CONSUMER_BATCH_SIZE", 500, minimum=1, maximum=50_000),
+            dedup_retention_seconds=env.integer(
+                "WAZZA_DEDUP_RETENTION_SECONDS", 7 * 24 * 3600, minimum=3600, maximum=365 * 86400
+            ),
+            group_prefix=env.text("WAZZA_GROUP_PREFIX", "wazza-"),
+            instance_id=env.text("WAZZA_INSTANCE_ID", default_instance_id()),
+        )

@@ -1,0 +1,72 @@
+"""The store: one schema on SQLite (embedded default) or PostgreSQL (shared by replicas).
+
+Consumers keep their truth here (DESIGN.md invariant 6): job state, history, dedup keys and
+offsets, all written in one transaction per batch. SQL is written once with `?` placeholders;
+the PostgreSQL store numbers them (`$1`, ...) for asyncpg.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+
+class StoreError(Exception):
+    """Root of the store's errors."""
+
+    retriable = False
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or is locked: wait and retry, never skip (DESIGN.md)."""
+
+    retriable = True
+
+
+class Tx(Protocol):
+    """An open transaction: what a service's handler writes through."""
+
+    dialect: str
+    """`sqlite` or `postgresql`, for the rare statement that differs."""
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run a statement with `?` placeholders; the number of rows it changed."""
+
+    async def fetchone(self, sql: str, *args: Any) -> Sequence[Any] | None:
+        """The first row of a query, or None."""
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        """Every row of a query."""
+
+    def for_update(self) -> str:
+        """The row-lock suffix of a SELECT (PostgreSQL); empty where the whole store is locked."""
+
+
+class Store(Protocol):
+    """A database with the project's schema applied."""
+
+    url: str
+    """Where it is (without any password)."""
+
+    def transaction(self) -> AbstractAsyncContextManager[Tx]:
+        """A write transaction; commits on exit, rolls back on an exception."""
+
+    def reader(self) -> AbstractAsyncContextManager[Tx]:
+        """A read-only view for queries (jobs show/list/history)."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+async def open_store(url: str) -> Store:
+    """Connect, apply migrations, return the store; raises StoreError naming the problem."""
+    if url.startswith("sqlite:"):
+        from .sqlite import SqliteStore
+
+        return await SqliteStore.open(url)
+    if url.startswith(("postgresql:", "postgres:")):
+        from .postgres import PostgresStore
+
+        return await PostgresStore.open(url)
+    raise StoreError(f"DATABASE_URL must start with sqlite:/// or postgresql://, got {url[:20]!r}")

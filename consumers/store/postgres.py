@@ -1,0 +1,135 @@
+"""PostgreSQL store (asyncpg): what several consumer replicas share.
+
+Rows a batch changes are locked with SELECT ... FOR UPDATE, so two services writing one job, or
+a zombie and the new owner of a partition, serialise on the row instead of overwriting each
+other. A lost connection is StoreUnavailable: the runtime waits and retries the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+
+from . import StoreError, StoreUnavailable
+from .schema import MIGRATIONS, VERSION_TABLE
+
+_PLACEHOLDER = re.compile(r"\?")
+# Migrations from several processes starting at once take turns under this advisory lock.
+_MIGRATION_LOCK = 0x7A7A_686F_6F6B
+# A connection attempt to a database that is down fails after this long, then is retried.
+_CONNECT_TIMEOUT_SECONDS = 5.0
+
+_UNAVAILABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    TimeoutError,
+)
+
+
+def _numbered(sql: str) -> str:
+    counter = iter(range(1, 10_000))
+    return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
+
+
+def _redacted(url: str) -> str:
+    return re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", url)
+
+
+class _PgTx:
+    dialect = "postgresql"
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+        self._sql: dict[str, str] = {}
+
+    def _native(self, sql: str) -> str:
+        native = self._sql.get(sql)
+        if native is None:
+            native = self._sql[sql] = _numbered(sql)
+        return native
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        try:
+            status: str = await self._conn.execute(self._native(sql), *args)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc!r}") from exc
+        tail = status.rsplit(" ", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+
+    async def fetchone(self, sql: str, *args: Any) -> Sequence[Any] | None:
+        try:
+            row = await self._conn.fetchrow(self._native(sql), *args)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc!r}") from exc
+        return None if row is None else tuple(row)
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        try:
+            rows = await self._conn.fetch(self._native(sql), *args)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc!r}") from exc
+        return [tuple(row) for row in rows]
+
+    def for_update(self) -> str:
+        return " FOR UPDATE"
+
+
+class PostgresStore:
+    """The store in a PostgreSQL database."""
+
+    def __init__(self, url: str, pool: asyncpg.Pool) -> None:
+        self.url = _redacted(url)
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, url: str) -> PostgresStore:
+        dsn = "postgresql:" + url.split(":", 1)[1] if url.startswith("postgres:") else url
+        try:
+            pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=4, timeout=_CONNECT_TIMEOUT_SECONDS
+            )
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"cannot reach PostgreSQL at {_redacted(url)}: {exc}") from exc
+        store = cls(url, pool)
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await conn.execute(VERSION_TABLE)
+                current = await conn.fetchval("SELECT MAX(version) FROM schema_version") or 0
+                for number, statements in enumerate(MIGRATIONS, start=1):
+                    if number <= current:
+                        continue
+                    for statement in statements:
+                        await conn.execute(statement)
+                    await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", number)
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            await pool.close()
+            raise StoreError(f"cannot migrate PostgreSQL at {_redacted(url)}: {exc}") from exc
+        return store
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_PgTx]:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                yield _PgTx(conn)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc!r}") from exc
+
+    @contextlib.asynccontextmanager
+    async def reader(self) -> AsyncIterator[_PgTx]:
+        try:
+            async with self._pool.acquire() as conn:
+                yield _PgTx(conn)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc!r}") from exc
+
+    async def close(self) -> None:
+        await self._pool.close()

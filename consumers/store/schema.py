@@ -1,0 +1,58 @@
+"""The schema, as numbered migrations applied at start (the same tables on both databases)."""
+
+from __future__ import annotations
+
+# Each migration is a list of statements; a store records the highest number applied.
+# BIGINT and DOUBLE PRECISION read the same to SQLite (INTEGER and REAL affinity).
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE IF NOT EXISTS jobs (
+            job_id TEXT PRIMARY KEY,
+            status TEXT NOT NULL,
+            percent DOUBLE PRECISION,
+            stage TEXT,
+            eta_seconds DOUBLE PRECISION,
+            output TEXT,
+            error TEXT,
+            metadata TEXT,
+            progress_rank TEXT,
+            terminal_rank TEXT,
+            terminal_event_id TEXT,
+            last_progress_ms BIGINT,
+            finished_ms BIGINT,
+            created_ms BIGINT NOT NULL,
+            updated_ms BIGINT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, updated_ms)",
+        """CREATE TABLE IF NOT EXISTS job_events (
+            service TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            job_id TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            event_time_ms BIGINT NOT NULL,
+            applied_ms BIGINT NOT NULL,
+            outcome TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            kafka_partition INTEGER NOT NULL,
+            kafka_offset BIGINT NOT NULL,
+            PRIMARY KEY (service, event_id)
+        )""",
+        "CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job_id, event_time_ms)",
+        """CREATE TABLE IF NOT EXISTS processed_events (
+            service TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            processed_ms BIGINT NOT NULL,
+            PRIMARY KEY (service, event_id)
+        )""",
+        "CREATE INDEX IF NOT EXISTS processed_events_age ON processed_events (processed_ms)",
+        """CREATE TABLE IF NOT EXISTS consumer_offsets (
+            service TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            kafka_partition INTEGER NOT NULL,
+            next_offset BIGINT NOT NULL,
+            PRIMARY KEY (service, topic, kafka_partition)
+        )""",
+    ],
+]
+
+VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"

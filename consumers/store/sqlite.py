@@ -1,0 +1,135 @@
+"""SQLite store: a local file in WAL mode, the zero-setup default.
+
+Statements run on the event loop's thread: each takes microseconds on a local file, and a batch
+is one transaction. Several services (processes) share the file; SQLite serialises their write
+transactions, and one that finds the file locked for longer than the busy timeout is told
+StoreUnavailable and retries later without advancing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import StoreError, StoreUnavailable
+from .schema import MIGRATIONS, VERSION_TABLE
+
+# Long enough to ride out another service's batch commit, short enough not to stall this
+# process's event loop (and its Kafka heartbeats) while it waits.
+_BUSY_TIMEOUT_MS = 1000
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a `sqlite:///relative` or `sqlite:////absolute` URL."""
+    if not url.startswith("sqlite:///"):
+        raise StoreError(f"a SQLite URL is sqlite:///path, got {url!r}")
+    return Path(url[len("sqlite:///") :])
+
+
+def _unavailable(exc: sqlite3.Error) -> StoreError:
+    if isinstance(exc, sqlite3.OperationalError):
+        return StoreUnavailable(f"SQLite: {exc}")
+    return StoreError(f"SQLite: {exc}")
+
+
+class _SqliteTx:
+    dialect = "sqlite"
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        try:
+            return self._conn.execute(sql, args).rowcount
+        except sqlite3.Error as exc:
+            if isinstance(exc, sqlite3.OperationalError):
+                raise _unavailable(exc) from exc
+            raise
+
+    async def fetchone(self, sql: str, *args: Any) -> Sequence[Any] | None:
+        try:
+            row: Sequence[Any] | None = self._conn.execute(sql, args).fetchone()
+        except sqlite3.OperationalError as exc:
+            raise _unavailable(exc) from exc
+        return row
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        try:
+            return list(self._conn.execute(sql, args).fetchall())
+        except sqlite3.OperationalError as exc:
+            raise _unavailable(exc) from exc
+
+    def for_update(self) -> str:
+        return ""  # BEGIN IMMEDIATE already holds the database's write lock
+
+
+class SqliteStore:
+    """The store in one SQLite file."""
+
+    def __init__(self, url: str, conn: sqlite3.Connection) -> None:
+        self.url = url
+        self._conn = conn
+
+    @classmethod
+    async def open(cls, url: str) -> SqliteStore:
+        path = sqlite_path(url)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a process crash; a power loss may drop the last
+            # commits, but offsets live in the same file, so those events are simply re-read.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(VERSION_TABLE)
+            _migrate(conn)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"cannot open SQLite store {path}: {exc}") from exc
+        return cls(url, conn)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_SqliteTx]:
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise _unavailable(exc) from exc
+        try:
+            yield _SqliteTx(self._conn)
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            raise
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            raise _unavailable(exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def reader(self) -> AsyncIterator[_SqliteTx]:
+        yield _SqliteTx(self._conn)
+
+    async def close(self) -> None:
+        self._conn.close()
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        current = row[0] or 0
+        for number, statements in enumerate(MIGRATIONS, start=1):
+            if number <= current:
+                continue
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
