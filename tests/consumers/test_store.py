@@ -1,0 +1,81 @@
+"""The store on both databases: migrations, transactions, the batch's offset guard and dedup."""
+
+from __future__ import annotations
+
+import pytest
+
+from consumers.batch import Record, apply_batch, stored_offsets
+from consumers.service import BUILTIN
+from consumers.store import Store, StoreError, open_store
+
+from .helpers import completed, envelope_of, job, progress
+
+
+def record(offset: int, raw: bytes, partition: int = 0) -> Record:
+    import orjson
+
+    key = orjson.loads(raw)["jobId"].encode()
+    return Record("t.raw", partition, offset, key, raw, envelope_of(raw).to_headers())
+
+
+async def never(record: Record, error: BaseException) -> None:
+    raise AssertionError(f"unexpected dead letter: {error!r}")
+
+
+async def test_opening_twice_applies_the_migrations_once(store_url: str) -> None:
+    first = await open_store(store_url)
+    await first.close()
+    again = await open_store(store_url)
+    async with again.reader() as tx:
+        versions = await tx.fetchall("SELECT version FROM schema_version")
+    await again.close()
+    assert [tuple(v) for v in versions] == [(1,)]
+
+
+async def test_a_batch_applies_its_events_and_stores_the_next_offset(store: Store) -> None:
+    batch = {0: [record(0, progress("j1", 40, "2025-10-22T10:00:00Z"))]}
+
+    result = await apply_batch(store, BUILTIN["progress"], "t.raw", batch, never)
+
+    assert [o for _, o, _ in result.outcomes] == ["applied"]
+    assert await stored_offsets(store, "progress", "t.raw") == {0: 1}
+    state = await job(store, "j1")
+    assert state is not None
+    assert (state["status"], state["percent"], state["stage"]) == ("processing", 40.0, "rendering")
+
+
+async def test_a_replayed_batch_is_refused_by_the_offset_guard_and_changes_nothing(
+    store: Store,
+) -> None:
+    raw = progress("j1", 40, "2025-10-22T10:00:00Z")
+    await apply_batch(store, BUILTIN["progress"], "t.raw", {0: [record(0, raw)]}, never)
+
+    replay = await apply_batch(store, BUILTIN["progress"], "t.raw", {0: [record(0, raw)]}, never)
+
+    assert replay.seek == {0: 1}
+    assert replay.outcomes == []
+    assert await stored_offsets(store, "progress", "t.raw") == {0: 1}
+
+
+async def test_the_same_event_at_another_offset_is_a_duplicate(store: Store) -> None:
+    raw = completed("j2", "2025-10-22T10:30:00Z")
+    batch = {0: [record(0, raw), record(1, raw), record(2, raw)]}
+
+    result = await apply_batch(store, BUILTIN["completion"], "t.raw", batch, never)
+
+    assert [o for _, o, _ in result.outcomes] == ["applied", "duplicate", "duplicate"]
+
+
+async def test_a_service_skips_event_types_it_does_not_take(store: Store) -> None:
+    batch = {0: [record(0, completed("j3", "2025-10-22T10:30:00Z"))]}
+
+    result = await apply_batch(store, BUILTIN["progress"], "t.raw", batch, never)
+
+    assert [o for _, o, _ in result.outcomes] == ["skipped"]
+    assert await job(store, "j3") is None
+    assert await stored_offsets(store, "progress", "t.raw") == {0: 1}
+
+
+async def test_a_bad_database_url_is_a_store_error_naming_it() -> None:
+    with pytest.raises(StoreError, match="DATABASE_URL"):
+        await open_store("mysql://nope")
