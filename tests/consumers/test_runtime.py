@@ -1,0 +1,220 @@
+"""The runtime against the real broker and both stores: duplicates, arrival order, dead letters,
+and a user's own service through the extension API."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import orjson
+import pytest
+
+from consumers import JobEvent, Service, Tx
+from consumers import metrics as consumer_metrics
+from consumers.runtime import ConsumerRuntime
+from consumers.service import BUILTIN
+from consumers.settings import ConsumerSettings
+from consumers.store import Store
+from wazza_hooks import contract
+from wazza_hooks.localbroker import LocalBroker
+
+from ..conftest import Topics, make_topics, read_topic
+from .helpers import completed, failed, history, ids, job, progress, publish, rows
+
+# A store reaches the expected state within this long on a loaded 2-core CI machine.
+SETTLE_SECONDS = 30.0
+
+
+def settings_for(broker: LocalBroker, topics: Topics) -> ConsumerSettings:
+    return ConsumerSettings(
+        database_url="unused: the store is opened by the test",
+        bootstrap_servers=broker.bootstrap_servers,
+        enable_idempotence=False,
+        raw_topic=topics.raw,
+        dlq_topic=topics.dlq,
+        group_prefix=f"test-{uuid.uuid4().hex[:8]}-",
+    )
+
+
+@asynccontextmanager
+async def running(
+    store: Store, settings: ConsumerSettings, *services: Service
+) -> AsyncIterator[list[ConsumerRuntime]]:
+    """Run services in this loop; stop them (and surface their errors) on exit."""
+    stop = asyncio.Event()
+    runtimes = [ConsumerRuntime(service, settings, store) for service in services]
+    tasks = [asyncio.create_task(r.run(stop)) for r in runtimes]
+    try:
+        yield runtimes
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+async def offsets_reach(store: Store, service: str, count: int) -> bool:
+    found = await rows(
+        store, "SELECT SUM(next_offset) FROM consumer_offsets WHERE service = ?", service
+    )
+    return bool(found) and found[0][0] is not None and int(found[0][0]) >= count
+
+
+def counter(service: str, event_type: str, outcome: str) -> float:
+    return consumer_metrics.EVENTS.labels(service, event_type, outcome)._value.get()  # type: ignore[no-any-return]
+
+
+async def test_the_same_event_delivered_five_times_is_applied_once(
+    broker: LocalBroker, store: Store
+) -> None:
+    topics = await make_topics(broker.bootstrap_servers)
+    raw = completed("job_dup", "2025-10-22T10:30:00Z")
+    before = counter("completion", "job.completed", "duplicate")
+    await publish(broker.bootstrap_servers, topics.raw, [raw] * 5)
+
+    async with running(store, settings_for(broker, topics), BUILTIN["completion"]):
+        await until(lambda: offsets_reach(store, "completion", 5), "5 records consumed")
+
+    state = await job(store, "job_dup")
+    assert state is not None
+    assert state["status"] == "completed"
+    assert await history(store, "job_dup") == [
+        ("completion", "job.completed", ids([raw])[0], "applied")
+    ]
+    assert counter("completion", "job.completed", "duplicate") - before == 4
+
+
+@pytest.mark.parametrize("order", ["forward", "reversed"])
+async def test_shuffled_delivery_reaches_the_state_the_order_rules_require(
+    broker: LocalBroker, store: Store, order: str
+) -> None:
+    topics = await make_topics(broker.bootstrap_servers)
+    events = [
+        progress("job_mix", 20, "2025-10-22T10:00:00Z"),
+        progress("job_mix", 60, "2025-10-22T10:05:00Z"),
+        completed("job_mix", "2025-10-22T10:10:00Z"),
+        failed("job_mix", "2025-10-22T10:20:00Z"),  # later: the failure wins
+        progress("job_mix", 90, "2025-10-22T10:07:00Z"),  # after a terminal state: stale
+    ]
+    sent = events if order == "forward" else list(reversed(events))
+    await publish(broker.bootstrap_servers, topics.raw, sent)
+
+    async with running(
+        store,
+        settings_for(broker, topics),
+        *(BUILTIN[s] for s in ("progress", "completion", "failure")),
+    ):
+        for service in ("progress", "completion", "failure"):
+            await until(lambda s=service: offsets_reach(store, s, 5), f"{service} done")  # type: ignore[misc]
+
+    state = await job(store, "job_mix")
+    assert state is not None
+    assert (state["status"], state["stage"], state["percent"]) == ("failed", "failed", None)
+    assert state["error"] == {
+        "code": "CONTENT_POLICY_VIOLATION",
+        "message": "Content violates safety policy",
+    }
+    assert state["terminal_event_id"] == ids([events[3]])[0]
+    outcomes = {event_id: outcome for _, _, event_id, outcome in await history(store, "job_mix")}
+    assert outcomes[ids([events[2]])[0]] == "conflict"  # the completion lost, in either order
+    assert outcomes[ids([events[3]])[0]] == "applied"
+    assert len(outcomes) == 5
+
+
+async def test_a_record_whose_handler_keeps_failing_is_dead_lettered_and_the_rest_applied(
+    broker: LocalBroker, store: Store
+) -> None:
+    topics = await make_topics(broker.bootstrap_servers)
+
+    async def picky(event: JobEvent, tx: Tx) -> str | None:
+        if event.job_id == "job_poison":
+            raise RuntimeError("cannot handle this one")
+        await tx.execute("INSERT INTO picked (job_id) VALUES (?)", event.job_id)
+        return None
+
+    service = Service(
+        "picky",
+        [contract.JOB_COMPLETED],
+        picky,
+        schema=["CREATE TABLE IF NOT EXISTS picked (job_id TEXT PRIMARY KEY)"],
+    )
+    bodies = [completed(j, "2025-10-22T10:30:00Z") for j in ("job_a", "job_poison", "job_b")]
+    await publish(broker.bootstrap_servers, topics.raw, bodies)
+
+    async with running(store, settings_for(broker, topics), service) as [runtime]:
+        await until(lambda: offsets_reach(store, "picky", 3), "3 records consumed")
+
+    assert sorted(r[0] for r in await rows(store, "SELECT job_id FROM picked")) == [
+        "job_a",
+        "job_b",
+    ]
+    [letter] = await read_topic(broker.bootstrap_servers, topics.dlq, expect=1)
+    assert letter.value == bodies[1]
+    assert letter.key == b"job_poison"
+    dead = contract.DeadLetter.from_headers(letter.headers)
+    assert (dead.group, dead.error_class) == (runtime.group_id, "RuntimeError")
+    assert dead.error_message == "cannot handle this one"
+    assert dead.topic == topics.raw
+    assert await history(store, "job_poison") == [
+        ("picky", "job.completed", ids([bodies[1]])[0], "dead_lettered")
+    ]
+
+
+async def test_the_readme_extension_example_runs_against_the_real_broker_and_store(
+    broker: LocalBroker, store: Store
+) -> None:
+    """The README's example, verbatim in spirit: a user's service in under 20 lines."""
+
+    # --- the example (README.md, "Your own consumer service") ---
+    async def remember_output(event: JobEvent, tx: Tx) -> None:
+        await tx.execute(
+            "INSERT INTO deliveries (job_id, url) VALUES (?, ?) ON CONFLICT (job_id) DO NOTHING",
+            event.job_id,
+            (event.output or {}).get("url"),
+        )
+
+    service = Service(
+        name="deliveries",
+        event_types=["job.completed"],
+        handler=remember_output,
+        schema=["CREATE TABLE IF NOT EXISTS deliveries (job_id TEXT PRIMARY KEY, url TEXT)"],
+    )
+    # --- end of the example ---
+    topics = await make_topics(broker.bootstrap_servers)
+    bodies = [
+        completed("job_x", "2025-10-22T10:30:00Z"),
+        progress("job_x", 50, "2025-10-22T10:00:00Z"),
+    ]
+    await publish(broker.bootstrap_servers, topics.raw, bodies + bodies[:1])
+
+    async with running(store, settings_for(broker, topics), service):
+        await until(lambda: offsets_reach(store, "deliveries", 3), "3 records consumed")
+
+    assert [tuple(r) for r in await rows(store, "SELECT job_id, url FROM deliveries")] == [
+        ("job_x", orjson.loads(bodies[0])["output"]["url"])
+    ]
+
+
+async def test_lag_and_assignment_are_measured(broker: LocalBroker, store: Store) -> None:
+    topics = await make_topics(broker.bootstrap_servers, partitions=2)
+    await publish(
+        broker.bootstrap_servers,
+        topics.raw,
+        [progress(f"job_{i}", 10, "2025-10-22T10:00:00Z") for i in range(20)],
+    )
+    async with running(store, settings_for(broker, topics), BUILTIN["progress"]):
+        await until(lambda: offsets_reach(store, "progress", 20), "20 records consumed")
+        assigned = consumer_metrics.ASSIGNED.labels("progress")._value.get()
+        lags = [consumer_metrics.LAG.labels("progress", str(p))._value.get() for p in range(2)]
+    assert assigned == 2
+    assert lags == [0, 0]
