@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 from wazza_hooks import contract
 
-from .events import EventError, parse_event
+from .events import EventError, JobEvent, parse_event
+from .jobs import BatchOutcome, settle_conflicts
 from .service import Service
 from .store import Store, StoreUnavailable, Tx
 
@@ -112,66 +113,139 @@ async def apply_batch(
             first = records[0].offset
             if stored > first or (stored < first and partition not in accept_gaps):
                 result.seek[partition] = stored
-        for partition, records in partitions.items():
-            if partition in result.seek:
-                continue
-            for record in records:
-                result.outcomes.append(await _one(tx, service, record, dead_letter))
-            next_offset = records[-1].offset + 1
-            await tx.execute(
-                "INSERT INTO consumer_offsets (service, topic, kafka_partition, next_offset) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (service, topic, kafka_partition) "
-                "DO UPDATE SET next_offset = excluded.next_offset",
-                service.name,
-                topic,
-                partition,
-                next_offset,
+        taken = {p: r for p, r in partitions.items() if p not in result.seek}
+        if taken:
+            await _apply_records(
+                tx, service, [r for rs in taken.values() for r in rs], dead_letter, result
             )
-            result.next_offsets[partition] = next_offset
+        await tx.executemany(
+            "INSERT INTO consumer_offsets (service, topic, kafka_partition, next_offset) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (service, topic, kafka_partition) "
+            "DO UPDATE SET next_offset = excluded.next_offset",
+            [(service.name, topic, p, rs[-1].offset + 1) for p, rs in sorted(taken.items())],
+        )
+        result.next_offsets.update({p: rs[-1].offset + 1 for p, rs in taken.items()})
     return result
 
 
-async def _one(
-    tx: Tx, service: Service, record: Record, dead_letter: DeadLetter
-) -> tuple[str, str, int | None]:
-    try:
-        envelope = contract.RawEnvelope.from_headers(record.headers)
-    except contract.ContractError as exc:
-        await dead_letter(record, exc)
-        return ("unknown", DEAD_LETTERED, None)
-    received = envelope.received_at_ms
-    if envelope.event_type not in service.event_types:
-        return (envelope.event_type, SKIPPED, received)
+# Keys per SELECT ... IN (...): under SQLite's historical limit of 999 bound variables.
+_CHUNK = 500
+
+
+async def _apply_records(
+    tx: Tx, service: Service, records: list[Record], dead_letter: DeadLetter, result: BatchResult
+) -> None:
+    """Steps (b) and (c) for a batch's records, with a handful of statements for all of them."""
     now = int(time.time() * 1000)
-    inserted = await tx.execute(
-        "INSERT INTO processed_events (service, event_id, processed_ms) VALUES (?, ?, ?) "
-        "ON CONFLICT (service, event_id) DO NOTHING",
-        service.name,
-        envelope.event_id,
-        now,
+    slots: list[tuple[str, str, int | None] | None] = [None] * len(records)
+    candidates: list[tuple[int, contract.RawEnvelope]] = []
+    for i, record in enumerate(records):
+        try:
+            envelope = contract.RawEnvelope.from_headers(record.headers)
+        except contract.ContractError as exc:
+            await dead_letter(record, exc)
+            slots[i] = ("unknown", DEAD_LETTERED, None)
+            continue
+        if envelope.event_type not in service.event_types:
+            slots[i] = (envelope.event_type, SKIPPED, envelope.received_at_ms)
+        else:
+            candidates.append((i, envelope))
+    # (b) dedup: keys already stored, and repeats within the batch, are duplicates.
+    seen = await _stored_keys(tx, service.name, [env.event_id for _, env in candidates])
+    fresh: list[tuple[int, contract.RawEnvelope]] = []
+    for i, envelope in candidates:
+        if envelope.event_id in seen:
+            slots[i] = (envelope.event_type, DUPLICATE, envelope.received_at_ms)
+        else:
+            seen.add(envelope.event_id)
+            fresh.append((i, envelope))
+    await tx.executemany(
+        "INSERT INTO processed_events (service, event_id, processed_ms) VALUES (?, ?, ?)",
+        [(service.name, env.event_id, now) for _, env in fresh],
     )
-    if not inserted:
-        return (envelope.event_type, DUPLICATE, received)
-    try:
-        event = parse_event(record.value, envelope)
-    except EventError as exc:
-        await dead_letter(record, exc)
-        await _history(tx, service, record, envelope, envelope.received_at_ms, DEAD_LETTERED, now)
-        return (envelope.event_type, DEAD_LETTERED, received)
-    outcome = await _handle(tx, service, record, event, dead_letter)
-    await _history(tx, service, record, envelope, event.event_time_ms, outcome, now, event.job_id)
-    return (envelope.event_type, outcome, received)
+    # (c) parse, apply, record.
+    history: dict[str, list[object]] = {}
+    events: list[tuple[int, contract.RawEnvelope, JobEvent]] = []
+    for i, envelope in fresh:
+        record = records[i]
+        try:
+            events.append((i, envelope, parse_event(record.value, envelope)))
+        except EventError as exc:
+            await dead_letter(record, exc)
+            slots[i] = (envelope.event_type, DEAD_LETTERED, envelope.received_at_ms)
+            key = (record.key or b"").decode(errors="replace")
+            history[envelope.event_id] = _history_row(
+                service, record, envelope, key, envelope.received_at_ms, DEAD_LETTERED, now
+            )
+    outcomes = await _run_handlers(
+        tx, service, [(records[i], e) for i, _, e in events], dead_letter
+    )
+    for (i, envelope, event), (outcome, _) in zip(events, outcomes, strict=True):
+        slots[i] = (envelope.event_type, outcome, envelope.received_at_ms)
+        history[envelope.event_id] = _history_row(
+            service, records[i], envelope, event.job_id, event.event_time_ms, outcome, now
+        )
+    await tx.executemany(
+        "INSERT INTO job_events (service, event_id, job_id, event_type, event_time_ms, "
+        "applied_ms, outcome, topic, kafka_partition, kafka_offset) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (service, event_id) DO NOTHING",
+        list(history.values()),
+    )
+    if service.tracks_jobs:
+        terminal = [e.job_id for _, _, e in events if e.terminal]
+        if terminal:
+            await settle_conflicts(tx, terminal)
+    result.outcomes.extend(slot for slot in slots if slot is not None)
+
+
+async def _stored_keys(tx: Tx, service: str, event_ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    unique = sorted(set(event_ids))
+    for start in range(0, len(unique), _CHUNK):
+        member, args = tx.in_list(unique[start : start + _CHUNK])
+        rows = await tx.fetchall(
+            f"SELECT event_id FROM processed_events WHERE service = ? AND event_id {member}",  # noqa: S608
+            service,
+            *args,
+        )
+        found.update(str(row[0]) for row in rows)
+    return found
+
+
+async def _run_handlers(
+    tx: Tx, service: Service, items: list[tuple[Record, JobEvent]], dead_letter: DeadLetter
+) -> list[BatchOutcome]:
+    """The batch handler when the service has one; else, or when it fails, one by one."""
+    if not items:
+        return []
+    if service.batch_handler is not None:
+        await tx.execute("SAVEPOINT wazza_batch")
+        try:
+            outcomes = await service.batch_handler([e for _, e in items], tx)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            await tx.execute("ROLLBACK TO SAVEPOINT wazza_batch")
+            await tx.execute("RELEASE SAVEPOINT wazza_batch")
+            log.warning("batch handler failed (%r); applying the batch event by event", exc)
+        else:
+            await tx.execute("RELEASE SAVEPOINT wazza_batch")
+            return outcomes
+    return [
+        BatchOutcome(*(await _handle(tx, service, record, event, dead_letter)))
+        for record, event in items
+    ]
 
 
 async def _handle(
-    tx: Tx, service: Service, record: Record, event: object, dead_letter: DeadLetter
-) -> str:
+    tx: Tx, service: Service, record: Record, event: JobEvent, dead_letter: DeadLetter
+) -> tuple[str, str | None]:
     """The handler in a savepoint, retried; dead-lettered when it keeps failing."""
     attempt = 0
     while True:
         await tx.execute("SAVEPOINT wazza_handler")
         try:
-            outcome = await service.handler(event, tx)  # type: ignore[arg-type]
+            outcome = await service.handler(event, tx)
         except StoreUnavailable:
             raise
         except Exception as exc:
@@ -189,28 +263,24 @@ async def _handle(
                 attempt += 1
                 continue
             await dead_letter(record, exc)
-            return DEAD_LETTERED
+            return DEAD_LETTERED, None
         await tx.execute("RELEASE SAVEPOINT wazza_handler")
-        return outcome or APPLIED
+        return outcome or APPLIED, None
 
 
-async def _history(
-    tx: Tx,
+def _history_row(
     service: Service,
     record: Record,
     envelope: contract.RawEnvelope,
+    job_id: str,
     event_time_ms: int,
     outcome: str,
     now: int,
-    job_id: str | None = None,
-) -> None:
-    await tx.execute(
-        "INSERT INTO job_events (service, event_id, job_id, event_type, event_time_ms, "
-        "applied_ms, outcome, topic, kafka_partition, kafka_offset) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (service, event_id) DO NOTHING",
+) -> list[object]:
+    return [
         service.name,
         envelope.event_id,
-        job_id if job_id is not None else (record.key or b"").decode(errors="replace"),
+        job_id,
         envelope.event_type,
         event_time_ms,
         now,
@@ -218,7 +288,7 @@ async def _history(
         record.topic,
         record.partition,
         record.offset,
-    )
+    ]
 
 
 async def prune_dedup_keys(store: Store, retention_seconds: int) -> int:

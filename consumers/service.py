@@ -8,16 +8,17 @@ graceful shutdown from the runtime.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from wazza_hooks import contract
 
 from .events import JobEvent
-from .jobs import apply_job_event
+from .jobs import BatchOutcome, apply_job_event, apply_job_events
 from .store import Tx
 
 Handler = Callable[[JobEvent, Tx], Awaitable[str | None]]
+BatchHandler = Callable[[Sequence[JobEvent], Tx], Awaitable[list[BatchOutcome]]]
 
 
 class ServiceError(ValueError):
@@ -38,6 +39,13 @@ class Service:
     end, dead-lettered."""
     schema: tuple[str, ...] = field(default=())
     """Statements run at start (CREATE TABLE IF NOT EXISTS ... for the service's own tables)."""
+    batch_handler: BatchHandler | None = None
+    """Optional: the whole batch's events at once, with the same effects as `handler` one by
+    one (the built-in services use it: a few statements a batch instead of several an event).
+    When it raises, the batch falls back to `handler`, event by event, to find the culprit."""
+    tracks_jobs: bool = False
+    """True for the built-in services that keep the `jobs` table: after each batch, terminal
+    events that lost to a later one are marked conflict in the history."""
 
     def __init__(
         self,
@@ -45,6 +53,8 @@ class Service:
         event_types: Iterable[str],
         handler: Handler,
         schema: Iterable[str] = (),
+        batch_handler: BatchHandler | None = None,
+        tracks_jobs: bool = False,
     ) -> None:
         if not name or not name.replace("-", "").replace("_", "").isalnum():
             raise ServiceError(f"a service name is letters, digits, - and _; got {name!r}")
@@ -52,14 +62,21 @@ class Service:
         object.__setattr__(self, "event_types", frozenset(event_types))
         object.__setattr__(self, "handler", handler)
         object.__setattr__(self, "schema", tuple(schema))
+        object.__setattr__(self, "batch_handler", batch_handler)
+        object.__setattr__(self, "tracks_jobs", tracks_jobs)
         if not self.event_types:
             raise ServiceError(f"service {name!r} takes no event types")
 
 
 BUILTIN = {
-    "completion": Service("completion", [contract.JOB_COMPLETED], apply_job_event),
-    "failure": Service("failure", [contract.JOB_FAILED], apply_job_event),
-    "progress": Service("progress", [contract.JOB_PROCESSING], apply_job_event),
+    name: Service(
+        name, [event_type], apply_job_event, batch_handler=apply_job_events, tracks_jobs=True
+    )
+    for name, event_type in (
+        ("completion", contract.JOB_COMPLETED),
+        ("failure", contract.JOB_FAILED),
+        ("progress", contract.JOB_PROCESSING),
+    )
 }
 
 

@@ -20,7 +20,7 @@ compares events by a total order instead of by arrival:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from wazza_hooks import contract
@@ -116,8 +116,10 @@ def _terminal(state: JobState, event: JobEvent) -> Decision:
         return Decision(CONFLICT, state)
     superseded = state.terminal_event_id
     completed = event.event_type == contract.JOB_COMPLETED
-    new = replace(
-        state,
+    # Built field by field rather than with dataclasses.replace(), which costs several times
+    # more: this runs once per event.
+    new = JobState(
+        job_id=state.job_id,
         status="completed" if completed else "failed",
         percent=100.0 if completed else None,
         stage="completed" if completed else "failed",
@@ -138,13 +140,19 @@ def _progress(state: JobState, event: JobEvent) -> Decision:
     rank = progress_rank(event)
     if state.terminal or (state.progress_rank is not None and state.progress_rank >= rank):
         return Decision(STALE, state)
-    new = replace(
-        state,
+    new = JobState(
+        job_id=state.job_id,
+        status=state.status,
         percent=event.percent if event.percent is not None else state.percent,
         stage=event.stage if event.stage is not None else state.stage,
         eta_seconds=event.eta_seconds,
+        output=state.output,
+        error=state.error,
         metadata=event.metadata if event.metadata is not None else state.metadata,
         progress_rank=rank,
+        terminal_rank=state.terminal_rank,
+        terminal_event_id=state.terminal_event_id,
         last_progress_ms=event.event_time_ms,
+        finished_ms=state.finished_ms,
     )
     return Decision(APPLIED, new)

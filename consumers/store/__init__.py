@@ -33,6 +33,9 @@ class Tx(Protocol):
     async def execute(self, sql: str, *args: Any) -> int:
         """Run a statement with `?` placeholders; the number of rows it changed."""
 
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run a statement once per row of arguments (one round trip where the driver can)."""
+
     async def fetchone(self, sql: str, *args: Any) -> Sequence[Any] | None:
         """The first row of a query, or None."""
 
@@ -41,6 +44,9 @@ class Tx(Protocol):
 
     def for_update(self) -> str:
         """The row-lock suffix of a SELECT (PostgreSQL); empty where the whole store is locked."""
+
+    def in_list(self, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        """A `column <this>` membership test for `values` and its arguments, per dialect."""
 
 
 class Store(Protocol):

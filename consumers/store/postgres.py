@@ -23,7 +23,15 @@ _MIGRATION_LOCK = 0x7A7A_686F_6F6B
 # A connection attempt to a database that is down fails after this long, then is retried.
 _CONNECT_TIMEOUT_SECONDS = 5.0
 
+# Transient by nature: the transaction was chosen to be undone (a deadlock, a serialisation
+# failure) or could not get a lock in time; the whole batch is retried, never dead-lettered.
+_TRANSIENT = (
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.LockNotAvailableError,
+)
 _UNAVAILABLE = (
+    *_TRANSIENT,
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
@@ -64,6 +72,14 @@ class _PgTx:
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
 
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        try:
+            await self._conn.executemany(self._native(sql), rows)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc!r}") from exc
+
     async def fetchone(self, sql: str, *args: Any) -> Sequence[Any] | None:
         try:
             row = await self._conn.fetchrow(self._native(sql), *args)
@@ -80,6 +96,9 @@ class _PgTx:
 
     def for_update(self) -> str:
         return " FOR UPDATE"
+
+    def in_list(self, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return "= ANY(?)", [list(values)]
 
 
 class PostgresStore:

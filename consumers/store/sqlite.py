@@ -49,6 +49,12 @@ class _SqliteTx:
                 raise _unavailable(exc) from exc
             raise
 
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        try:
+            self._conn.executemany(sql, rows)
+        except sqlite3.OperationalError as exc:
+            raise _unavailable(exc) from exc
+
     async def fetchone(self, sql: str, *args: Any) -> Sequence[Any] | None:
         try:
             row: Sequence[Any] | None = self._conn.execute(sql, args).fetchone()
@@ -64,6 +70,9 @@ class _SqliteTx:
 
     def for_update(self) -> str:
         return ""  # BEGIN IMMEDIATE already holds the database's write lock
+
+    def in_list(self, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return f"IN ({', '.join('?' * len(values))})", list(values)
 
 
 class SqliteStore:
