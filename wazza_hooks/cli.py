@@ -70,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     from .devstack import add_dev_parser
 
     add_dev_parser(sub)
+
+    from .jobs_cli import add_jobs_parser
+
+    add_jobs_parser(sub)
     return parser
 
 
@@ -105,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             from .devstack import run_dev
 
             return run_dev(args)
+        if args.command == "jobs":
+            from .jobs_cli import run_jobs
+
+            return run_jobs(args)
     except (BrokerError, TopicError) as exc:
         print(f"wazza-hooks: {exc}", file=sys.stderr)
         return 1
