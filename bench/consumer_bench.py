@@ -1,0 +1,424 @@
+"""Consumer benchmark (`make bench`): the services against raw consumption, in one run.
+
+Baseline: an aiokafka consumer reading the raw topic and doing nothing with it. Then each
+service (completion, failure, progress) alone, and the three together, applying the same topic
+to SQLite and to PostgreSQL: about 200k records, 5 progress events per job then a completion
+(80 %) or a failure, plus 10 % duplicate deliveries. Records/s counts every record a service
+reads (those it skips by header included), as the baseline does.
+Bars: SQLite >= 0.5 x baseline, PostgreSQL >= 0.3 x baseline (per service).
+
+Then end-to-end latency: the ingester (`wazza-ingest`) takes signed webhooks at a steady
+2,000 requests/s while the three services run on SQLite; p99 from the ingester's receive time to
+the event applied must stay under 250 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from consumers import metrics as consumer_metrics  # noqa: E402
+from consumers.runtime import ConsumerRuntime  # noqa: E402
+from consumers.service import BUILTIN  # noqa: E402
+from consumers.settings import ConsumerSettings  # noqa: E402
+from consumers.store import open_store  # noqa: E402
+from wazza_hooks import contract  # noqa: E402
+from wazza_hooks.localbroker import LocalBroker, free_port, port_in_use  # noqa: E402
+from wazza_hooks.topics import ensure_topics  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+SECRET = "bench-secret-not-for-production"
+BAR_SQLITE = 0.5
+BAR_POSTGRES = 0.3
+BAR_E2E_P99_S = 0.25
+
+
+def workload(records: int, seed: int = 7) -> list[bytes]:
+    """Bodies: per job 5 progress events then completed or failed; 10 % duplicates on top."""
+    rnd = random.Random(seed)
+    per_job = 6
+    jobs = int(records / 1.1 / per_job)
+    streams: list[list[bytes]] = []
+    for j in range(jobs):
+        job = f"job_{j:07d}"
+        events = []
+        for k, percent in enumerate((10, 30, 50, 70, 90)):
+            events.append(
+                {
+                    "event": "job.processing",
+                    "jobId": job,
+                    "status": "processing",
+                    "progress": {"percent": percent, "stage": "rendering",
+                                 "estimatedTimeRemaining": 300 - 60 * k},
+                    "timestamp": f"2025-10-22T10:{k:02d}:00Z",
+                }
+            )  # fmt: skip
+        if rnd.random() < 0.8:
+            events.append(
+                {"event": "job.completed", "jobId": job, "status": "completed",
+                 "output": {"url": f"https://cdn.wazza.ai/outputs/{job}.mp4", "width": 1920,
+                            "height": 1080, "duration": 10, "format": "mp4"},
+                 "metadata": {"provider": "openai", "model": "sora-2-pro", "creditsUsed": 15},
+                 "timestamp": "2025-10-22T10:30:00Z"}
+            )  # fmt: skip
+        else:
+            events.append(
+                {"event": "job.failed", "jobId": job, "status": "failed",
+                 "error": {"code": "CONTENT_POLICY_VIOLATION", "message": "no"},
+                 "timestamp": "2025-10-22T10:30:00Z"}
+            )  # fmt: skip
+        streams.append([orjson.dumps(e) for e in events])
+    out: list[bytes] = []
+    # Interleave jobs as concurrent generations do: a window of active jobs, one event each turn.
+    active: list[list[bytes]] = []
+    pending = iter(streams)
+    while True:
+        while len(active) < 500:
+            nxt = next(pending, None)
+            if nxt is None:
+                break
+            active.append(list(nxt))
+        if not active:
+            break
+        i = rnd.randrange(len(active))
+        out.append(active[i].pop(0))
+        if not active[i]:
+            active.pop(i)
+    dups = [out[rnd.randrange(len(out))] for _ in range(len(out) // 10)]
+    for d in dups:
+        out.insert(rnd.randrange(len(out)), d)
+    return out
+
+
+async def publish(bootstrap: str, topic: str, bodies: list[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        now = int(time.time() * 1000)
+        for raw in bodies:
+            doc = orjson.loads(raw)
+            env = contract.RawEnvelope(
+                doc["event"], hashlib.sha256(raw).hexdigest(), now, now // 1000,
+                "application/json", "bench:0", "wazza",
+            )  # fmt: skip
+            await producer.send(topic, raw, key=doc["jobId"].encode(), headers=env.to_headers())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def raw_baseline(bootstrap: str, topic: str, total: int, batch: int) -> dict[str, Any]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bench-raw-{uuid.uuid4().hex[:6]}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=batch,
+    )
+    await consumer.start()
+    try:
+        seen = 0
+        started = None
+        while seen < total:
+            data = await consumer.getmany(timeout_ms=500, max_records=batch)
+            for records in data.values():
+                if records and started is None:
+                    started = time.perf_counter()
+                seen += len(records)
+        elapsed = time.perf_counter() - (started or time.perf_counter())
+    finally:
+        await consumer.stop()
+    return {"records": seen, "seconds": round(elapsed, 3), "records_per_s": round(seen / elapsed)}
+
+
+def buckets(hist: Any, service: str) -> dict[float, float]:
+    """Cumulative bucket counts (le -> count) of a labelled histogram's child, +Inf included."""
+    return {
+        float(sample.labels["le"]): sample.value
+        for metric in hist.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_bucket") and sample.labels.get("service") == service
+    }
+
+
+def percentile_le(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The smallest bucket bound holding a fraction q of the observations made between."""
+    delta = {le: after.get(le, 0.0) - before.get(le, 0.0) for le in after}
+    count = delta.get(float("inf"), 0.0)
+    for le in sorted(delta):
+        if count and delta[le] / count >= q:
+            return le
+    return float("inf")
+
+
+async def run_services(
+    store_url: str, bootstrap: str, topic: str, names: list[str], total: int, batch: int
+) -> dict[str, Any]:
+    store = await open_store(store_url)
+    settings = ConsumerSettings(
+        database_url=store_url,
+        bootstrap_servers=bootstrap,
+        enable_idempotence=False,
+        raw_topic=topic,
+        dlq_topic=topic + ".dlq",
+        batch_size=batch,
+        group_prefix=f"bench-{uuid.uuid4().hex[:6]}-",
+    )
+    stop = asyncio.Event()
+    runtimes = [ConsumerRuntime(BUILTIN[n], settings, store) for n in names]
+    before = {n: buckets(consumer_metrics.BATCH_SECONDS, n) for n in names}
+    tasks = [asyncio.create_task(r.run(stop)) for r in runtimes]
+    # Timed from the moment every service has its partitions: group joins are not throughput.
+    await asyncio.wait_for(asyncio.gather(*(r.assigned.wait() for r in runtimes)), 60)
+    started = time.perf_counter()
+    done: dict[str, float] = {}
+    try:
+        while len(done) < len(names):
+            for n in names:
+                if n in done:
+                    continue
+                async with store.reader() as tx:
+                    row = await tx.fetchone(
+                        "SELECT SUM(next_offset) FROM consumer_offsets WHERE service = ? "
+                        "AND topic = ?",
+                        n,
+                        topic,
+                    )
+                if row and row[0] is not None and int(row[0]) >= total:
+                    done[n] = time.perf_counter() - started
+            if len(done) < len(names):
+                await asyncio.sleep(0.05)
+            for t in tasks:
+                if t.done() and t.exception():
+                    raise t.exception()  # type: ignore[misc]
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await store.close()
+    out: dict[str, Any] = {}
+    for n in names:
+        after = buckets(consumer_metrics.BATCH_SECONDS, n)
+        batches = after[float("inf")] - before[n].get(float("inf"), 0.0)
+        out[n] = {
+            "seconds": round(done[n], 3),
+            "records_per_s": round(total / done[n]),
+            "batches": batches,
+            "mean_batch_records": round(total / batches, 1) if batches else None,
+            "p99_batch_seconds_le": percentile_le(before[n], after, 0.99),
+        }
+    return out
+
+
+async def e2e_latency(bootstrap: str, topic: str, seconds: int, rate: int) -> dict[str, Any]:
+    """The ingester at a steady rate, the three services on SQLite: receive -> applied p99."""
+    import aiohttp
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "WAZZA_WEBHOOK_SECRETS": SECRET,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_ENABLE_IDEMPOTENCE": "false",
+        "WAZZA_RAW_TOPIC": topic,
+        "WAZZA_LOG_REQUESTS": "false",
+    }
+    ingest = subprocess.Popen(  # noqa: ASYNC220 - started once, before the measured part
+        [sys.executable, "-m", "ingest.server", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    tmp = tempfile.mkdtemp(prefix="wazza-e2e-")
+    store_url = f"sqlite:///{tmp}/e2e.db"
+    store = await open_store(store_url)
+    settings = ConsumerSettings(
+        database_url=store_url,
+        bootstrap_servers=bootstrap,
+        enable_idempotence=False,
+        raw_topic=topic,
+        dlq_topic=topic + ".dlq",
+        group_prefix=f"bench-e2e-{uuid.uuid4().hex[:6]}-",
+    )
+    stop = asyncio.Event()
+    names = ["progress", "completion", "failure"]
+    before = {n: buckets(consumer_metrics.END_TO_END_SECONDS, n) for n in names}
+    runtimes = [ConsumerRuntime(BUILTIN[n], settings, store) for n in names]
+    tasks = [asyncio.create_task(r.run(stop)) for r in runtimes]
+    try:
+        deadline = time.monotonic() + 20
+        while not port_in_use("127.0.0.1", port):
+            if time.monotonic() > deadline:
+                raise SystemExit("bench: ingester did not start")
+            await asyncio.sleep(0.1)
+        await asyncio.wait_for(asyncio.gather(*(r.assigned.wait() for r in runtimes)), 60)
+        url = f"http://127.0.0.1:{port}/api/webhooks/wazza"
+        bodies = workload(seconds * rate, seed=11)[: seconds * rate]
+        statuses: dict[int, int] = {}
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
+
+            async def send(raw: bytes) -> None:
+                ts = str(int(time.time()))
+                sig = hmac.new(SECRET.encode(), f"{ts}.".encode() + raw, hashlib.sha256).hexdigest()
+                headers = {"Content-Type": "application/json", "X-Wazza-Timestamp": ts,
+                           "X-Wazza-Signature": sig}  # fmt: skip
+                async with http.post(url, data=raw, headers=headers) as resp:
+                    statuses[resp.status] = statuses.get(resp.status, 0) + 1
+                    await resp.read()
+
+            started = time.monotonic()
+            pending: set[asyncio.Task[None]] = set()
+            for i, raw in enumerate(bodies):
+                due = started + i / rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                task = asyncio.create_task(send(raw))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            await asyncio.gather(*pending)
+            achieved = len(bodies) / (time.monotonic() - started)
+        await asyncio.sleep(3)  # the tail drains
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await store.close()
+        ingest.send_signal(signal.SIGTERM)
+        ingest.wait(timeout=20)
+    out: dict[str, Any] = {
+        "target_rate": rate,
+        "achieved_rate": round(achieved),
+        "statuses": statuses,
+    }
+    worst = 0.0
+    for n in names:
+        after = buckets(consumer_metrics.END_TO_END_SECONDS, n)
+        p99 = percentile_le(before[n], after, 0.99)
+        out[n] = {
+            "applied": after[float("inf")] - before[n].get(float("inf"), 0.0),
+            "p50_le_s": percentile_le(before[n], after, 0.5),
+            "p99_le_s": p99,
+        }
+        worst = max(worst, p99)
+    out["p99_le_s"] = worst
+    return out
+
+
+async def amain(args: argparse.Namespace) -> int:
+    from tests.postgres import create_database, drop_database, postgres_server_dsn
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"benchmark": "consumers", "records": args.records}
+    server_dsn, pg_cleanup = postgres_server_dsn()
+    try:
+        with LocalBroker() as broker:
+            topic = f"bench.raw.{uuid.uuid4().hex[:6]}"
+            await ensure_topics(broker.bootstrap_servers, {topic: 12, topic + ".dlq": 12})
+            bodies = workload(args.records)
+            print(f"publishing {len(bodies)} records...", flush=True)
+            await publish(broker.bootstrap_servers, topic, bodies)
+            total = len(bodies)
+            report["records"] = total
+            base = await raw_baseline(broker.bootstrap_servers, topic, total, args.batch)
+            report["baseline"] = base
+            print(f"raw consumption: {base['records_per_s']} records/s", flush=True)
+            for kind in ("sqlite", "postgresql"):
+                results: dict[str, Any] = {}
+                for names in (
+                    ["completion"],
+                    ["failure"],
+                    ["progress"],
+                    ["completion", "failure", "progress"],
+                ):
+                    if kind == "sqlite":
+                        url = f"sqlite:///{tempfile.mkdtemp(prefix='wazza-bench-')}/bench.db"
+                        db = None
+                    else:
+                        db = f"wazza_bench_{uuid.uuid4().hex[:8]}"
+                        url = await create_database(server_dsn, db)
+                    key = "+".join(names)
+                    res = await run_services(
+                        url, broker.bootstrap_servers, topic, names, total, args.batch
+                    )
+                    if db:
+                        await drop_database(server_dsn, db)
+                    results[key] = res
+                    for n, r in res.items():
+                        ratio = r["records_per_s"] / base["records_per_s"]
+                        r["ratio"] = round(ratio, 3)
+                        print(
+                            f"{kind:>10} {key:>28} {n:>10}: {r['records_per_s']:>7} records/s "
+                            f"(x{ratio:.2f})  mean batch {r['mean_batch_records']}  "
+                            f"p99 batch <= {r['p99_batch_seconds_le']} s",
+                            flush=True,
+                        )
+                report[kind] = results
+            e2e_topic = f"bench.e2e.{uuid.uuid4().hex[:6]}"
+            await ensure_topics(broker.bootstrap_servers, {e2e_topic: 12, e2e_topic + ".dlq": 12})
+            e2e = await e2e_latency(
+                broker.bootstrap_servers, e2e_topic, args.e2e_seconds, args.rate
+            )
+            report["end_to_end"] = e2e
+            print(
+                f"end to end at {e2e['achieved_rate']}/s ({e2e['statuses']}): "
+                f"p99 <= {e2e['p99_le_s']} s",
+                flush=True,
+            )
+    finally:
+        pg_cleanup()
+
+    def worst(kind: str) -> float:
+        return min(
+            r["ratio"] for res in report[kind].values() for r in res.values() if len(res) == 1
+        )
+
+    passed = (
+        worst("sqlite") >= BAR_SQLITE
+        and worst("postgresql") >= BAR_POSTGRES
+        and report["end_to_end"]["p99_le_s"] <= BAR_E2E_P99_S
+    )
+    report["bar"] = {"sqlite": BAR_SQLITE, "postgresql": BAR_POSTGRES, "e2e_p99_s": BAR_E2E_P99_S,
+                     "passed": passed}  # fmt: skip
+    out = RESULTS / f"consumers-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(
+        f"worst single-service ratio: SQLite {worst('sqlite'):.2f} (bar {BAR_SQLITE}), "
+        f"PostgreSQL {worst('postgresql'):.2f} (bar {BAR_POSTGRES}); "
+        f"e2e p99 <= {report['end_to_end']['p99_le_s']} s (bar {BAR_E2E_P99_S}): "
+        f"{'PASS' if passed else 'FAIL'}"
+    )
+    print(f"written: {out.relative_to(ROOT)}")
+    return 0 if passed else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--rate", type=int, default=2000)
+    parser.add_argument("--e2e-seconds", type=int, default=20)
+    return asyncio.run(amain(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
