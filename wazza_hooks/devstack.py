@@ -1,7 +1,8 @@
 """`wazza-hooks dev`: the local stack in one terminal (what `make run` starts).
 
-The local broker, its topics and the ingester, with prefixed, coloured output; Ctrl-C stops
-them all. The development secret is generated once and kept in `./var/dev-secret`.
+The local broker, its topics, the ingester and the three consumer services (on SQLite by
+default), with prefixed, coloured output; Ctrl-C stops them all. The development secret is
+generated once and kept in `./var/dev-secret`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from typing import IO, Any
 from .localbroker import LocalBroker, port_in_use
 from .topics import DEFAULT_PARTITIONS, default_topics, ensure_topics
 
-_COLOURS = {"broker": "\033[35m", "ingest": "\033[36m"}
+_COLOURS = {
+    "broker": "\033[35m",
+    "ingest": "\033[36m",
+    "completion": "\033[32m",
+    "failure": "\033[31m",
+    "progress": "\033[33m",
+}
+_SERVICES = ("completion", "failure", "progress")
 _RESET = "\033[0m"
 # The ingester's own graceful stop is bounded by its shutdown timeout (10 s) plus the flush.
 _STOP_SECONDS = 15.0
@@ -41,6 +49,17 @@ def add_dev_parser(sub: Any) -> None:
     dev.add_argument("--ingesters", type=int, default=1, help="ingester worker processes (1)")
     dev.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS)
     dev.add_argument("--var", type=Path, default=Path("var"), help="state folder (./var)")
+    dev.add_argument(
+        "--store",
+        default="sqlite:///./var/wazza.db",
+        help="the consumers' DATABASE_URL (default sqlite:///./var/wazza.db)",
+    )
+    dev.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9101,
+        help="first of the three consumers' metrics ports (9101, 9102, 9103)",
+    )
 
 
 def dev_secret(var: Path) -> str:
@@ -69,7 +88,9 @@ def run_dev(args: argparse.Namespace) -> int:
     """Run the stack until Ctrl-C or SIGTERM; 0 on a clean stop."""
     import asyncio
 
-    for what, port in (("ingester", args.port), ("broker", args.broker_port)):
+    busy = [("ingester", args.port), ("broker", args.broker_port)]
+    busy += [(f"{n} metrics", args.metrics_port + i) for i, n in enumerate(_SERVICES)]
+    for what, port in busy:
         if port_in_use("127.0.0.1", port):
             print(
                 f"wazza-hooks dev: port {port} for the {what} is busy: a stack is probably running "
@@ -87,7 +108,7 @@ def run_dev(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     broker = LocalBroker(port=args.broker_port, log_path=args.var / "broker.log")
     broker.start()
-    ingest: subprocess.Popen[bytes] | None = None
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         asyncio.run(ensure_topics(broker.bootstrap_servers, default_topics(args.partitions)))
         env = {
@@ -95,41 +116,46 @@ def run_dev(args: argparse.Namespace) -> int:
             "WAZZA_WEBHOOK_SECRETS": secret,
             "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "KAFKA_ENABLE_IDEMPOTENCE": "false",  # the local broker refuses InitProducerId
+            "DATABASE_URL": args.store,
         }
-        ingest = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [
-                sys.executable,
-                "-m",
-                "ingest.server",
-                "--port",
-                str(args.port),
-                "--workers",
-                str(args.ingesters),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches it through us, in order
-        )
-        assert ingest.stdout is not None  # noqa: S101
-        threading.Thread(target=_pipe, args=("ingest", ingest.stdout), daemon=True).start()
+        commands = {
+            "ingest": [sys.executable, "-m", "ingest.server", "--port", str(args.port),
+                       "--workers", str(args.ingesters)],
+            **{
+                name: [sys.executable, "-m", "consumers.cli", name,
+                       "--metrics-port", str(args.metrics_port + i)]
+                for i, name in enumerate(_SERVICES)
+            },
+        }  # fmt: skip
+        for name, command in commands.items():
+            procs[name] = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
+                command,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches them through us, in order
+            )
+            stream = procs[name].stdout
+            assert stream is not None  # noqa: S101
+            threading.Thread(target=_pipe, args=(name, stream), daemon=True).start()
         _banner(args, broker.bootstrap_servers)
         while not stopping.is_set():
-            if ingest.poll() is not None:
-                print(
-                    f"wazza-hooks dev: the ingester exited ({ingest.returncode})", file=sys.stderr
-                )
-                return 1
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    print(f"wazza-hooks dev: {name} exited ({proc.returncode})", file=sys.stderr)
+                    return 1
             stopping.wait(0.2)
         return 0
     finally:
-        if ingest is not None and ingest.poll() is None:
-            ingest.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
             try:
-                ingest.wait(timeout=_STOP_SECONDS)
+                proc.wait(timeout=_STOP_SECONDS)
             except subprocess.TimeoutExpired:
-                ingest.kill()
-                ingest.wait()
+                proc.kill()
+                proc.wait()
         broker.stop()
         time.sleep(0.05)
         print("wazza-hooks dev: stopped", flush=True)
@@ -146,7 +172,9 @@ def _banner(args: argparse.Namespace, bootstrap: str) -> None:
                 f"  webhook URL      {url}",
                 f"  secret           kept in {secret_file} (generated for this machine)",
                 f"  broker           {bootstrap} (Tansu, memory only)",
-                f"  metrics          http://127.0.0.1:{args.port}/metrics",
+                f"  metrics          http://127.0.0.1:{args.port}/metrics (ingester), "
+                f"ports {args.metrics_port}-{args.metrics_port + 2} (consumers)",
+                f"  store            {args.store}",
                 "  send a signed test event:",
                 f"    SECRET=$(cat {secret_file}); TS=$(date +%s)",
                 '    BODY=\'{"event":"job.completed","jobId":"job_abc123","status":"completed",'
@@ -155,6 +183,8 @@ def _banner(args: argparse.Namespace, bootstrap: str) -> None:
                 "| sed 's/^.* //')",
                 f'    curl -s {url} -H "Content-Type: application/json" '
                 '-H "X-Wazza-Timestamp: $TS" -H "X-Wazza-Signature: $SIG" -d "$BODY"',
+                "  see the result:",
+                f"    DATABASE_URL={args.store} .venv/bin/wazza-hooks jobs show job_abc123",
                 "  Ctrl-C stops everything.",
                 "",
             ]

@@ -15,13 +15,13 @@ import pytest
 from consumers import JobEvent, Service, Tx
 from consumers import metrics as consumer_metrics
 from consumers.runtime import ConsumerRuntime
-from consumers.service import BUILTIN
+from consumers.service import BUILTIN, load_service
 from consumers.settings import ConsumerSettings
 from consumers.store import Store
 from wazza_hooks import contract
 from wazza_hooks.localbroker import LocalBroker
 
-from ..conftest import Topics, make_topics, read_topic
+from ..conftest import ROOT, Topics, make_topics, read_topic
 from .helpers import completed, failed, history, ids, job, progress, publish, rows
 
 # A store reaches the expected state within this long on a loaded 2-core CI machine.
@@ -171,25 +171,11 @@ async def test_a_record_whose_handler_keeps_failing_is_dead_lettered_and_the_res
 
 
 async def test_the_readme_extension_example_runs_against_the_real_broker_and_store(
-    broker: LocalBroker, store: Store
+    broker: LocalBroker, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The README's example, verbatim in spirit: a user's service in under 20 lines."""
-
-    # --- the example (README.md, "Your own consumer service") ---
-    async def remember_output(event: JobEvent, tx: Tx) -> None:
-        await tx.execute(
-            "INSERT INTO deliveries (job_id, url) VALUES (?, ?) ON CONFLICT (job_id) DO NOTHING",
-            event.job_id,
-            (event.output or {}).get("url"),
-        )
-
-    service = Service(
-        name="deliveries",
-        event_types=["job.completed"],
-        handler=remember_output,
-        schema=["CREATE TABLE IF NOT EXISTS deliveries (job_id TEXT PRIMARY KEY, url TEXT)"],
-    )
-    # --- end of the example ---
+    """examples/deliveries.py, loaded the way `wazza-consumer examples.deliveries:service` does."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    service = load_service("examples.deliveries:service")
     topics = await make_topics(broker.bootstrap_servers)
     bodies = [
         completed("job_x", "2025-10-22T10:30:00Z"),
@@ -203,6 +189,12 @@ async def test_the_readme_extension_example_runs_against_the_real_broker_and_sto
     assert [tuple(r) for r in await rows(store, "SELECT job_id, url FROM deliveries")] == [
         ("job_x", orjson.loads(bodies[0])["output"]["url"])
     ]
+
+
+def test_the_readme_shows_the_example_verbatim_in_at_most_20_lines() -> None:
+    example = (ROOT / "examples" / "deliveries.py").read_text()
+    assert len(example.splitlines()) <= 20
+    assert example.strip() in (ROOT / "README.md").read_text()
 
 
 async def test_lag_and_assignment_are_measured(broker: LocalBroker, store: Store) -> None:
