@@ -48,7 +48,9 @@ def _numbered(sql: str) -> str:
 
 
 def _redacted(url: str) -> str:
-    return re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", url)
+    """The URL without its password, in the userinfo or in a `password=` parameter."""
+    hidden = re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", url)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", hidden)
 
 
 class _PgTx:

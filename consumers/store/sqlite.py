@@ -85,6 +85,7 @@ class SqliteStore:
     @classmethod
     async def open(cls, url: str) -> SqliteStore:
         path = sqlite_path(url)
+        conn: sqlite3.Connection | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(
@@ -97,6 +98,8 @@ class SqliteStore:
             conn.execute(VERSION_TABLE)
             _migrate(conn)
         except (sqlite3.Error, OSError) as exc:
+            if conn is not None:
+                conn.close()
             raise StoreUnavailable(f"cannot open SQLite store {path}: {exc}") from exc
         return cls(url, conn)
 
