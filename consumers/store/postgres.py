@@ -136,21 +136,45 @@ class PostgresStore:
             raise StoreError(f"cannot migrate PostgreSQL at {_redacted(url)}: {exc}") from exc
         return store
 
+    async def _acquire(self) -> asyncpg.Connection:
+        """A pooled connection; any failure to get one (the database down, refusing
+        connections, gone, or the login refused during a rotation) is StoreUnavailable."""
+        try:
+            return await self._pool.acquire(timeout=_CONNECT_TIMEOUT_SECONDS)
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"PostgreSQL unreachable: {exc!r}") from exc
+
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PgTx]:
+        conn = await self._acquire()
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
+            txn = conn.transaction()
+            try:
+                await txn.start()
+            except _UNAVAILABLE as exc:
+                raise StoreUnavailable(f"PostgreSQL: {exc!r}") from exc
+            try:
                 yield _PgTx(conn)
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"PostgreSQL: {exc!r}") from exc
+            except BaseException:
+                with contextlib.suppress(*_UNAVAILABLE, asyncpg.PostgresError):
+                    await txn.rollback()
+                raise
+            try:
+                await txn.commit()
+            except _UNAVAILABLE as exc:
+                raise StoreUnavailable(f"PostgreSQL: {exc!r}") from exc
+        finally:
+            with contextlib.suppress(*_UNAVAILABLE, asyncpg.PostgresError):
+                await self._pool.release(conn)
 
     @contextlib.asynccontextmanager
     async def reader(self) -> AsyncIterator[_PgTx]:
+        conn = await self._acquire()
         try:
-            async with self._pool.acquire() as conn:
-                yield _PgTx(conn)
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"PostgreSQL: {exc!r}") from exc
+            yield _PgTx(conn)
+        finally:
+            with contextlib.suppress(*_UNAVAILABLE, asyncpg.PostgresError):
+                await self._pool.release(conn)
 
     async def close(self) -> None:
         await self._pool.close()
