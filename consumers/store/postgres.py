@@ -18,6 +18,12 @@ from . import StoreError, StoreUnavailable
 from .schema import MIGRATIONS, VERSION_TABLE
 
 _PLACEHOLDER = re.compile(r"\?")
+# The store's tables grow from nothing to millions of rows within one connection's life, and
+# asyncpg prepares every statement: a generic plan made while a table was empty (a sequential
+# scan) would be kept as it grows, and each batch would read whole tables (measured: batch time
+# growing linearly, 27 ms to 270 ms over 30k rows). Custom plans are made per execution, and every
+# statement here has an index path, so none is ever worth a sequential scan.
+_SESSION = {"plan_cache_mode": "force_custom_plan", "enable_seqscan": "off"}
 # Migrations from several processes starting at once take turns under this advisory lock.
 _MIGRATION_LOCK = 0x7A7A_686F_6F6B
 # A connection attempt to a database that is down fails after this long, then is retried.
@@ -115,7 +121,11 @@ class PostgresStore:
         dsn = "postgresql:" + url.split(":", 1)[1] if url.startswith("postgres:") else url
         try:
             pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=4, timeout=_CONNECT_TIMEOUT_SECONDS
+                dsn,
+                min_size=1,
+                max_size=4,
+                timeout=_CONNECT_TIMEOUT_SECONDS,
+                server_settings=_SESSION,
             )
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise StoreUnavailable(f"cannot reach PostgreSQL at {_redacted(url)}: {exc}") from exc
