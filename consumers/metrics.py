@@ -27,7 +27,27 @@ END_TO_END_SECONDS = Histogram(
     "wazza_consumer_end_to_end_seconds",
     "From the ingester receiving a webhook to its event applied in the store.",
     ["service"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+    # Fine around the 250 ms bar, coarse past it (a backlog is minutes, not milliseconds).
+    buckets=(
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.075,
+        0.1,
+        0.15,
+        0.2,
+        0.25,
+        0.35,
+        0.5,
+        1.0,
+        2.5,
+        5.0,
+        10.0,
+        30.0,
+        60.0,
+        300.0,
+    ),
 )
 LAG = Gauge(
     "wazza_consumer_lag_records",
