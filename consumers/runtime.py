@@ -35,8 +35,8 @@ from .store import Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("wazza.consumers.runtime")
 
-# A store that is down is retried with these waits (then the last one, forever): soon enough to
-# resume within seconds of its return, slow enough not to hammer it.
+# A store (or, at start, a broker) that is down is retried with these waits (then the last one,
+# forever): soon enough to resume within seconds of its return, slow enough not to hammer it.
 _STORE_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 # Dedup keys are pruned this often; the retention window (days) makes precision pointless.
 _PRUNE_EVERY_SECONDS = 600.0
@@ -114,16 +114,35 @@ class ConsumerRuntime:
             fetch_max_wait_ms=_FETCH_WAIT_MS,
         )
         self._consumer.subscribe([self._topic], listener=_Listener(self))
-        await self._producer.start()
         try:
-            await self._consumer.start()
-            try:
+            if await self._start(self._producer) and await self._start(self._consumer):
                 await self._loop()
-            finally:
-                await self._consumer.stop()  # leaves the group: its partitions move at once
         finally:
+            # Leaves the group, so its partitions move at once; also closes a client that never
+            # started (stopped while the broker was unreachable).
+            await self._consumer.stop()
             await self._producer.stop()
             metrics.ASSIGNED.labels(self.service.name).set(0)
+
+    async def _start(self, client: AIOKafkaConsumer | AIOKafkaProducer) -> bool:
+        """Start a client, retrying while the broker is unreachable; False when stopped first."""
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                await client.start()
+                return True
+            except (KafkaError, OSError) as exc:
+                delay = _STORE_RETRY_DELAYS[min(attempt, len(_STORE_RETRY_DELAYS) - 1)]
+                attempt += 1
+                log.warning(
+                    "broker %s unreachable (%r); retrying in %.1f s",
+                    self.settings.bootstrap_servers,
+                    exc,
+                    delay,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+        return False
 
     async def _ensure_schema(self) -> None:
         if not self.service.schema:

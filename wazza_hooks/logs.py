@@ -111,6 +111,9 @@ def setup_logging(service: str, level: str = "INFO") -> JsonLines:
     root.setLevel(level)
     # aiokafka logs every failed reconnect at ERROR with a traceback; our own lines say it once.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    # asyncpg's pool logs each failed reconnect with a traceback; the consumer's own line says
+    # the store is unreachable and that it retries.
+    logging.getLogger("asyncpg").setLevel(logging.ERROR)
     return lines
 
 

@@ -38,6 +38,9 @@ _TRANSIENT = (
 )
 _UNAVAILABLE = (
     *_TRANSIENT,
+    # A connection cut mid-operation (the server terminated it) can leave asyncpg's protocol in
+    # a state it refuses to leave: the connection is dropped and the batch retried.
+    asyncpg.InternalClientError,
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
@@ -154,9 +157,17 @@ class PostgresStore:
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise StoreUnavailable(f"PostgreSQL unreachable: {exc!r}") from exc
 
+    async def _release(self, conn: asyncpg.Connection, broken: bool) -> None:
+        """Back to the pool; a connection that failed as unavailable is closed, not reused."""
+        if broken:
+            conn.terminate()
+        with contextlib.suppress(*_UNAVAILABLE, asyncpg.PostgresError):
+            await self._pool.release(conn)
+
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PgTx]:
         conn = await self._acquire()
+        broken = False
         try:
             txn = conn.transaction()
             try:
@@ -173,18 +184,23 @@ class PostgresStore:
                 await txn.commit()
             except _UNAVAILABLE as exc:
                 raise StoreUnavailable(f"PostgreSQL: {exc!r}") from exc
+        except StoreUnavailable:
+            broken = True
+            raise
         finally:
-            with contextlib.suppress(*_UNAVAILABLE, asyncpg.PostgresError):
-                await self._pool.release(conn)
+            await self._release(conn, broken)
 
     @contextlib.asynccontextmanager
     async def reader(self) -> AsyncIterator[_PgTx]:
         conn = await self._acquire()
+        broken = False
         try:
             yield _PgTx(conn)
+        except StoreUnavailable:
+            broken = True
+            raise
         finally:
-            with contextlib.suppress(*_UNAVAILABLE, asyncpg.PostgresError):
-                await self._pool.release(conn)
+            await self._release(conn, broken)
 
     async def close(self) -> None:
         await self._pool.close()
