@@ -24,7 +24,7 @@ from wazza_hooks import contract
 from .events import EventError, JobEvent, parse_event
 from .jobs import BatchOutcome, settle_conflicts
 from .service import Service
-from .store import Store, StoreUnavailable, Tx
+from .store import IN_LIST_CHUNK, Store, StoreUnavailable, Tx
 
 log = logging.getLogger("wazza.consumers.batch")
 
@@ -99,7 +99,8 @@ async def apply_batch(
     """
     result = BatchResult()
     async with store.transaction() as tx:
-        for partition, records in partitions.items():
+        # In partition order: two owners of overlapping partitions (a zombie) lock alike.
+        for partition, records in sorted(partitions.items()):
             row = await tx.fetchone(
                 "SELECT next_offset FROM consumer_offsets "  # noqa: S608 - a constant suffix
                 f"WHERE service = ? AND topic = ? AND kafka_partition = ?{tx.for_update()}",
@@ -126,10 +127,6 @@ async def apply_batch(
         )
         result.next_offsets.update({p: rs[-1].offset + 1 for p, rs in taken.items()})
     return result
-
-
-# Keys per SELECT ... IN (...): under SQLite's historical limit of 999 bound variables.
-_CHUNK = 500
 
 
 async def _apply_records(
@@ -201,8 +198,8 @@ async def _apply_records(
 async def _stored_keys(tx: Tx, service: str, event_ids: list[str]) -> set[str]:
     found: set[str] = set()
     unique = sorted(set(event_ids))
-    for start in range(0, len(unique), _CHUNK):
-        member, args = tx.in_list(unique[start : start + _CHUNK])
+    for start in range(0, len(unique), IN_LIST_CHUNK):
+        member, args = tx.in_list(unique[start : start + IN_LIST_CHUNK])
         rows = await tx.fetchall(
             f"SELECT event_id FROM processed_events WHERE service = ? AND event_id {member}",  # noqa: S608
             service,

@@ -10,7 +10,7 @@ import orjson
 
 from .events import JobEvent
 from .state import APPLIED, JobState, Rank, decide
-from .store import Tx
+from .store import IN_LIST_CHUNK, Tx
 
 
 class BatchOutcome(NamedTuple):
@@ -71,8 +71,6 @@ _MARK_CONFLICT = (
     "AND event_type IN ('job.completed', 'job.failed') "
     "AND event_id <> (SELECT terminal_event_id FROM jobs WHERE jobs.job_id = ?)"
 )
-# Rows per SELECT ... IN (...): under SQLite's historical limit of 999 bound variables.
-_CHUNK = 500
 
 
 def _update_args(s: JobState, now: int) -> tuple[Any, ...]:
@@ -109,8 +107,8 @@ async def apply_job_events(events: Sequence[JobEvent], tx: Tx) -> list[BatchOutc
         [(j, now, now) for j in job_ids],
     )
     states: dict[str, JobState] = {}
-    for start in range(0, len(job_ids), _CHUNK):
-        chunk = job_ids[start : start + _CHUNK]
+    for start in range(0, len(job_ids), IN_LIST_CHUNK):
+        chunk = job_ids[start : start + IN_LIST_CHUNK]
         member, args = tx.in_list(chunk)
         for row in await tx.fetchall(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id {member} "  # noqa: S608 - constants

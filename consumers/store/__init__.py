@@ -11,6 +11,9 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+# Values per `IN (...)` list: under SQLite's historical limit of 999 bound variables.
+IN_LIST_CHUNK = 500
+
 
 class StoreError(Exception):
     """Root of the store's errors."""
