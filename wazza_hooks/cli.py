@@ -2,7 +2,8 @@
 
 - `wazza-hooks broker`: the local Kafka-protocol broker in the foreground, with the topics.
 - `wazza-hooks topics ensure`: create the missing topics on any broker, idempotently.
-- `wazza-hooks dev`: the local stack (broker + ingester) in one terminal.
+- `wazza-hooks dev`: the local stack (broker, ingester, consumers) in one terminal.
+- `wazza-hooks jobs show|list|history`: job state and history from the store.
 """
 
 from __future__ import annotations
