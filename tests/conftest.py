@@ -159,11 +159,7 @@ def postgres_server() -> Iterator[str]:
 @pytest.fixture
 async def postgres_dsn(postgres_server: str) -> AsyncIterator[str]:
     """A fresh database of this test's own on the session's server, dropped afterwards."""
-    from .postgres import create_database, drop_database
+    from .postgres import fresh_database
 
-    name = f"wazza_test_{uuid.uuid4().hex}"
-    dsn = await create_database(postgres_server, name)
-    try:
+    async with fresh_database(postgres_server) as dsn:
         yield dsn
-    finally:
-        await drop_database(postgres_server, name)

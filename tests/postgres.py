@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import re
 import shutil
 import tempfile
+import uuid
 import warnings
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -161,3 +163,14 @@ async def drop_database(server_dsn: str, name: str) -> None:
         await conn.execute(f"DROP DATABASE IF EXISTS {ident} WITH (FORCE)")
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(server_dsn: str) -> AsyncIterator[str]:
+    """A database of its own (`wazza_test_<hex>`) on the server, dropped on exit; its DSN."""
+    name = f"wazza_test_{uuid.uuid4().hex}"
+    dsn = await create_database(server_dsn, name)
+    try:
+        yield dsn
+    finally:
+        await drop_database(server_dsn, name)

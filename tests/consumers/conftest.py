@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 
 from consumers.store import Store, open_store
 
-from ..postgres import create_database, drop_database
+from ..postgres import fresh_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -21,12 +20,8 @@ async def store_url(
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/wazza.db"
         return
-    name = f"wazza_test_{uuid.uuid4().hex}"
-    dsn = await create_database(postgres_server, name)
-    try:
+    async with fresh_database(postgres_server) as dsn:
         yield dsn
-    finally:
-        await drop_database(postgres_server, name)
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ from consumers.store import Store, open_store
 from tests.conftest import BIN, Topics, make_topics, subprocess_env
 from wazza_hooks.localbroker import LocalBroker, free_port
 
-from ..postgres import create_database, drop_database
+from ..postgres import fresh_database
 from ..processes import Running, running
 from .helpers import completed, failed, ids, progress, publish, rows
 
@@ -276,12 +276,8 @@ async def second_store(store_url: str, tmp_path: Path, postgres_server: str) -> 
     if is_sqlite(store_url):
         yield f"sqlite:///{tmp_path}/reference.db"
         return
-    name = f"wazza_test_{uuid.uuid4().hex}"
-    dsn = await create_database(postgres_server, name)
-    try:
+    async with fresh_database(postgres_server) as dsn:
         yield dsn
-    finally:
-        await drop_database(postgres_server, name)
 
 
 async def stored_offsets(store: Store, topic: str) -> dict[str, dict[int, int]]:
