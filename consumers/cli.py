@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 
@@ -48,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from .service import ServiceError, load_service
     from .settings import ConsumerSettings
+
+    # A user's `package.module:name` is found from the current folder, as uvicorn and gunicorn
+    # find theirs: a console script's sys.path does not include it otherwise.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
     try:
         settings = ConsumerSettings.from_env()

@@ -16,6 +16,7 @@ import os
 import random
 import signal
 import sqlite3
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -33,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumers.store import Store, open_store
-from tests.conftest import BIN, Topics, make_topics, subprocess_env
+from tests.conftest import BIN, ROOT, Topics, make_topics, subprocess_env
 from wazza_hooks.localbroker import LocalBroker, free_port
 
 from ..postgres import fresh_database
@@ -667,3 +668,48 @@ async def test_a_store_outage_is_waited_out_by_the_same_process_and_skips_nothin
             # through, and nothing escaped as a crash report.
             assert await metric(port, "wazza_consumer_store_errors_total") > 0, proc.output()
             assert "Traceback" not in proc.stderr, proc.output()
+
+
+@pytest.mark.slow
+def test_the_readme_example_runs_as_wazza_consumer_from_the_project_folder(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """`wazza-consumer examples.deliveries:service`, run where the README says, finds the module
+    and applies its schema at start."""
+    database = tmp_path / "example.db"
+    proc = subprocess.Popen(
+        [str(BIN / "wazza-consumer"), "examples.deliveries:service", "--metrics-port", "0"],
+        cwd=ROOT,
+        env=subprocess_env(
+            DATABASE_URL=f"sqlite:///{database}",
+            KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
+            KAFKA_ENABLE_IDEMPOTENCE="false",
+            WAZZA_GROUP_PREFIX=f"example-{uuid.uuid4().hex[:8]}-",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+
+        def has_table() -> bool:
+            if not database.exists():
+                return False
+            with contextlib.closing(sqlite3.connect(database)) as conn:
+                found = conn.execute(
+                    "SELECT name FROM sqlite_master WHERE name = 'deliveries'"
+                ).fetchall()
+            return bool(found)
+
+        deadline = time.monotonic() + 30
+        while not has_table():
+            assert proc.poll() is None, proc.communicate()[1].decode()
+            assert time.monotonic() < deadline, "the example's schema never appeared"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0
+        assert b"Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
