@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from wazza_hooks import contract
 
 from .events import EventError, JobEvent, parse_event
-from .jobs import BatchOutcome, settle_conflicts
+from .jobs import settle_conflicts
 from .service import Service
 from .store import IN_LIST_CHUNK, Store, StoreUnavailable, Tx
 
@@ -177,7 +177,7 @@ async def _apply_records(
     outcomes = await _run_handlers(
         tx, service, [(records[i], e) for i, _, e in events], dead_letter
     )
-    for (i, envelope, event), (outcome, _) in zip(events, outcomes, strict=True):
+    for (i, envelope, event), outcome in zip(events, outcomes, strict=True):
         slots[i] = (envelope.event_type, outcome, envelope.received_at_ms)
         history[envelope.event_id] = _history_row(
             service, records[i], envelope, event.job_id, event.event_time_ms, outcome, now
@@ -211,7 +211,7 @@ async def _stored_keys(tx: Tx, service: str, event_ids: list[str]) -> set[str]:
 
 async def _run_handlers(
     tx: Tx, service: Service, items: list[tuple[Record, JobEvent]], dead_letter: DeadLetter
-) -> list[BatchOutcome]:
+) -> list[str]:
     """The batch handler when the service has one; else, or when it fails, one by one."""
     if not items:
         return []
@@ -228,15 +228,12 @@ async def _run_handlers(
         else:
             await tx.execute("RELEASE SAVEPOINT wazza_batch")
             return outcomes
-    return [
-        BatchOutcome(*(await _handle(tx, service, record, event, dead_letter)))
-        for record, event in items
-    ]
+    return [await _handle(tx, service, record, event, dead_letter) for record, event in items]
 
 
 async def _handle(
     tx: Tx, service: Service, record: Record, event: JobEvent, dead_letter: DeadLetter
-) -> tuple[str, str | None]:
+) -> str:
     """The handler in a savepoint, retried; dead-lettered when it keeps failing."""
     attempt = 0
     while True:
@@ -260,9 +257,9 @@ async def _handle(
                 attempt += 1
                 continue
             await dead_letter(record, exc)
-            return DEAD_LETTERED, None
+            return DEAD_LETTERED
         await tx.execute("RELEASE SAVEPOINT wazza_handler")
-        return outcome or APPLIED, None
+        return outcome or APPLIED
 
 
 def _history_row(

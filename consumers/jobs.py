@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
 from .events import JobEvent
 from .state import APPLIED, JobState, Rank, decide
 from .store import IN_LIST_CHUNK, Tx
-
-
-class BatchOutcome(NamedTuple):
-    """What a batch handler decided for one event."""
-
-    outcome: str
-    """`applied`, `stale` or `conflict`."""
-    superseded_event_id: str | None = None
-    """A terminal event applied before that this one outranks: its history says conflict."""
-
 
 JOB_COLUMNS = (
     "job_id, status, percent, stage, eta_seconds, output, error, metadata, progress_rank, "
@@ -92,7 +82,7 @@ def _update_args(s: JobState, now: int) -> tuple[Any, ...]:
     )
 
 
-async def apply_job_events(events: Sequence[JobEvent], tx: Tx) -> list[BatchOutcome]:
+async def apply_job_events(events: Sequence[JobEvent], tx: Tx) -> list[str]:
     """The batch form of `apply_job_event`: the same decisions with a handful of statements.
 
     Every job of the batch is created (if new) and locked in job-id order first, so that two
@@ -117,13 +107,13 @@ async def apply_job_events(events: Sequence[JobEvent], tx: Tx) -> list[BatchOutc
         ):
             states[row[0]] = row_to_state(row)
     changed: set[str] = set()
-    outcomes: list[BatchOutcome] = []
+    outcomes: list[str] = []
     for event in events:
         decision = decide(states[event.job_id], event)
         if decision.outcome == APPLIED:
             states[event.job_id] = decision.state
             changed.add(event.job_id)
-        outcomes.append(BatchOutcome(decision.outcome, decision.superseded_event_id))
+        outcomes.append(decision.outcome)
     await tx.executemany(_UPDATE_JOB, [_update_args(states[j], now) for j in sorted(changed)])
     return outcomes
 

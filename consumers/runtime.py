@@ -50,6 +50,11 @@ _POLL_MS = 500
 _FETCH_WAIT_MS = 50
 
 
+def _retry_delay(attempt: int) -> float:
+    """The wait before retry number `attempt` (0-based): the schedule, then its last step."""
+    return _STORE_RETRY_DELAYS[min(attempt, len(_STORE_RETRY_DELAYS) - 1)]
+
+
 class DeadLetterUnavailable(StoreUnavailable):
     """The dead-letter topic did not acknowledge: the batch is retried, nothing is skipped."""
 
@@ -132,7 +137,7 @@ class ConsumerRuntime:
                 await client.start()
                 return True
             except (KafkaError, OSError) as exc:
-                delay = _STORE_RETRY_DELAYS[min(attempt, len(_STORE_RETRY_DELAYS) - 1)]
+                delay = _retry_delay(attempt)
                 attempt += 1
                 log.warning(
                     "broker %s unreachable (%r); retrying in %.1f s",
@@ -213,7 +218,7 @@ class ConsumerRuntime:
                 )
             except StoreUnavailable as exc:
                 metrics.STORE_ERRORS.labels(self.service.name).inc()
-                delay = _STORE_RETRY_DELAYS[min(attempt, len(_STORE_RETRY_DELAYS) - 1)]
+                delay = _retry_delay(attempt)
                 attempt += 1
                 first = min(r[0].offset for r in partitions.values())
                 log.warning(
@@ -315,7 +320,7 @@ class ConsumerRuntime:
                 break
             except StoreUnavailable as exc:
                 metrics.STORE_ERRORS.labels(self.service.name).inc()
-                delay = _STORE_RETRY_DELAYS[min(attempt, len(_STORE_RETRY_DELAYS) - 1)]
+                delay = _retry_delay(attempt)
                 attempt += 1
                 log.warning("stored offsets unreadable (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from wazza_hooks import contract
 
 from .events import JobEvent
-from .jobs import BatchOutcome, apply_job_event, apply_job_events
+from .jobs import apply_job_event, apply_job_events
 from .store import Tx
 
 Handler = Callable[[JobEvent, Tx], Awaitable[str | None]]
-BatchHandler = Callable[[Sequence[JobEvent], Tx], Awaitable[list[BatchOutcome]]]
+BatchHandler = Callable[[Sequence[JobEvent], Tx], Awaitable[list[str]]]
 
 
 class ServiceError(ValueError):

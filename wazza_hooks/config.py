@@ -55,11 +55,6 @@ class Env:
         value = self._env.get(name, "").strip()
         return value or default
 
-    def optional(self, name: str) -> str | None:
-        """A string, or None when unset or empty."""
-        value = self._env.get(name, "").strip()
-        return value or None
-
     def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
         """An integer within [minimum, maximum]."""
         raw = self._env.get(name, "").strip()
