@@ -4,6 +4,8 @@
 - `wazza-hooks topics ensure`: create the missing topics on any broker, idempotently.
 - `wazza-hooks dev`: the local stack (broker, ingester, consumers) in one terminal.
 - `wazza-hooks jobs show|list|history`: job state and history from the store.
+- `wazza-hooks send-test|simulate|verify|register`: the sender's side, for testing an endpoint.
+- `wazza-hooks replay|dlq`: move a service back over its history; inspect and redrive dead letters.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from types import FrameType
 from . import contract
 from .localbroker import BrokerError, LocalBroker
 from .topics import DEFAULT_PARTITIONS, TopicError, default_topics, ensure_topics
+
+SENDER_COMMANDS = ("send-test", "simulate", "verify", "register")
+OPS_COMMANDS = ("replay", "dlq")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,6 +80,14 @@ def _parser() -> argparse.ArgumentParser:
     from .jobs_cli import add_jobs_parser
 
     add_jobs_parser(sub)
+
+    from .sender_cli import add_sender_parsers
+
+    add_sender_parsers(sub)
+
+    from .ops_cli import add_ops_parsers
+
+    add_ops_parsers(sub)
     return parser
 
 
@@ -114,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
             from .jobs_cli import run_jobs
 
             return run_jobs(args)
+        if args.command in SENDER_COMMANDS:
+            from .sender_cli import run_sender
+
+            return run_sender(args)
+        if args.command in OPS_COMMANDS:
+            from .ops_cli import run_ops
+
+            return run_ops(args)
     except (BrokerError, TopicError) as exc:
         print(f"wazza-hooks: {exc}", file=sys.stderr)
         return 1
