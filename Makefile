@@ -4,19 +4,23 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) tools
+
+# prometheus and promtool, which the deploy tests run (Debian's package, installed when missing).
+tools:
+	deploy/tools/ensure-prometheus
 
 run: $(STAMP)
 	$(BIN)/wazza-hooks dev
 
-test: $(STAMP)
+test: $(STAMP) tools
 	$(BIN)/pytest
 
 lint: $(STAMP)
