@@ -1,15 +1,534 @@
-"""`wazza-hooks send-test|simulate|verify|register`: the sender's side (in progress)."""
+"""`wazza-hooks send-test|simulate|verify|register`: the sender's side, for testing an endpoint.
+
+- `send-test`: sign and send one event shaped like the spec's examples; print the answer.
+- `simulate`: deliver many jobs' events the way Wazza does (retries, duplicates, reordering);
+  `--expect FILE` writes the state each job must reach (format: `sender_expect`).
+- `verify`: compare the consumers' store with such a file, optionally waiting for it to match.
+- `register`: register the endpoint with Wazza's API (`POST /v1/webhooks`), print its id.
+
+Exit codes: 0; 1 for a failure stated in one line on stderr (unreachable URL, refused secret,
+differences, missing store, ...); 2 for bad arguments.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import secrets
+import sqlite3
+import sys
+import time
+from pathlib import Path
 from typing import Any
+
+import aiohttp
+import orjson
+
+from . import sender
+
+DEFAULT_DATABASE_URL = "sqlite:///./var/wazza.db"
+DEFAULT_API_BASE = "https://api.wazza.ai"
+# Wazza's API is remote; ten seconds is ample for one small POST and short enough for a human.
+REGISTER_TIMEOUT_SECONDS = 10.0
+_SHORT_EVENTS = {
+    "completed": "job.completed",
+    "failed": "job.failed",
+    "processing": "job.processing",
+}
+
+_SIGNING_HELP = (
+    "signing secret (default: $WAZZA_WEBHOOK_SECRETS' first, else $WAZZA_WEBHOOK_SECRET, "
+    "else ./var/dev-secret as `make run` writes it)"
+)
+_URL_HELP = f"the webhook endpoint (default {sender.DEFAULT_URL})"
+
+_EXPECT_FORMAT = """\
+expect file (JSON): {"format": "wazza-hooks-expect", "version": 1, "createdAt", "url", "seed",
+  "summary": {"jobs", "definite", "undetermined"},
+  "jobs": {JOB_ID: {"expect": STATE} | {"undetermined": REASON, "anyOf": [STATE|null, ...]}}}
+STATE holds the fields of `wazza-hooks jobs show --json` the order rules decide: status, percent,
+stage, estimatedTimeRemaining, output, error, metadata, lastProgressAt, finishedAt.
+A job is undetermined when a delivery that decides its state was given up yet may have landed
+(a 5xx or no answer); anyOf lists every state it may then be in (null: no row)."""
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1 (a share: 0.1 = 10 %)")
+    return value
+
+
+def _bounded(kind: type[int] | type[float], low: float, high: float) -> Any:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} must be between {low:g} and {high:g}")
+        return value
+
+    return parse
+
+
+def _event_name(text: str) -> str:
+    name = _SHORT_EVENTS.get(text, text)
+    if name not in sender.EVENT_TYPES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an event: completed, failed, processing (or job.completed, ...)"
+        )
+    return name
 
 
 def add_sender_parsers(sub: Any) -> None:
     """Register the sender-side subcommands."""
+    raw = argparse.RawDescriptionHelpFormatter
+    send = sub.add_parser(
+        "send-test",
+        help="sign and send one test event, print the answer",
+        description=(
+            "Sign one event shaped like the spec's example (fresh timestamps) with the Wazza "
+            "scheme and POST it; print the status and body that came back. Exit 1 on a non-2xx "
+            "or no answer."
+        ),
+        epilog=(
+            "examples:\n  wazza-hooks send-test --event completed\n"
+            "  wazza-hooks send-test --event processing --percent 60 --job-id job_abc123\n"
+            "  wazza-hooks send-test --event failed --url https://hooks.example.com/api/webhooks/"
+            'wazza --secret "$SECRET"'
+        ),
+        formatter_class=raw,
+    )
+    send.add_argument(
+        "--event",
+        type=_event_name,
+        required=True,
+        metavar="completed|failed|processing",
+        help="the event type",
+    )
+    send.add_argument("--job-id", default=None, help="the jobId (default: job_test_ + random hex)")
+    send.add_argument(
+        "--percent", type=_bounded(int, 0, 100), default=45, help="progress of a processing event"
+    )
+    send.add_argument("--url", default=sender.DEFAULT_URL, help=_URL_HELP)
+    send.add_argument("--secret", default=None, help=_SIGNING_HELP)
+
+    simulate = sub.add_parser(
+        "simulate",
+        help="behave like Wazza: many jobs' events, retries, duplicates, reordering",
+        description=(
+            "Deliver, per job, job.processing events with rising percent then job.completed or "
+            "job.failed, like Wazza: each attempt signed with a fresh timestamp; a non-2xx or no "
+            "answer within 5 s retried with exponential backoff and jitter, 5 attempts, then "
+            "given up and reported. 401/403/404/405 stop the run at once (wrong secret, clock, "
+            "address or URL). Progress on stderr, a summary at the end. Exit 1 when a delivery "
+            "was given up or the run stopped."
+        ),
+        epilog=(
+            "examples:\n  wazza-hooks simulate --jobs 1000 --concurrency 32\n"
+            "  wazza-hooks simulate --jobs 2000 --duplicates 0.1 --reorder 0.1 "
+            "--expect var/expect.json\n"
+            "  wazza-hooks verify --expect var/expect.json --wait 60\n"
+            "  wazza-hooks simulate --jobs 500 --rate 200 --url http://127.0.0.1:8081/api/"
+            "webhooks/wazza\n\n" + _EXPECT_FORMAT
+        ),
+        formatter_class=raw,
+    )
+    simulate.add_argument(
+        "--jobs", type=_bounded(int, 1, 10_000_000), default=100, help="jobs (default 100)"
+    )
+    simulate.add_argument(
+        "--concurrency",
+        type=_bounded(int, 1, 4096),
+        default=32,
+        help="requests in flight at most (default 32)",
+    )
+    simulate.add_argument(
+        "--duplicates",
+        type=_fraction,
+        default=0.0,
+        help="share of events delivered twice: the same body re-sent, re-signed (default 0)",
+    )
+    simulate.add_argument(
+        "--reorder",
+        type=_fraction,
+        default=0.0,
+        help="share of jobs sent out of order: progress after the terminal event, or two "
+        "progress events swapped (default 0)",
+    )
+    simulate.add_argument(
+        "--failures",
+        type=_fraction,
+        default=0.2,
+        help="share of jobs that end in job.failed rather than job.completed (default 0.2)",
+    )
+    simulate.add_argument(
+        "--rate",
+        type=_bounded(float, 0.1, 1e6),
+        default=None,
+        help="webhooks (attempts) per second at most (default: no limit)",
+    )
+    simulate.add_argument("--url", default=sender.DEFAULT_URL, help=_URL_HELP)
+    simulate.add_argument("--secret", default=None, help=_SIGNING_HELP)
+    simulate.add_argument(
+        "--expect", type=Path, default=None, metavar="FILE", help="write each job's final state"
+    )
+    simulate.add_argument(
+        "--seed", type=int, default=None, help="seed of every random choice (default: random)"
+    )
+    simulate.add_argument(
+        "--backoff",
+        type=_bounded(float, 0.0, 600.0),
+        default=1.0,
+        metavar="SECONDS",
+        help="delay before the 2nd attempt, doubled for each next, full jitter (default 1)",
+    )
+
+    verify = sub.add_parser(
+        "verify",
+        help="compare the store with simulate's --expect file",
+        description=(
+            "Compare each job's state in the consumers' store with the expect file written by "
+            "`simulate --expect`; print every difference. Exit 1 on any difference."
+        ),
+        epilog=(
+            "examples:\n  wazza-hooks verify --expect var/expect.json\n"
+            "  wazza-hooks verify --expect var/expect.json --wait 60\n"
+            "  wazza-hooks verify --expect expect.json --database-url postgresql://wazza@db/wazza"
+            "\n\n" + _EXPECT_FORMAT
+        ),
+        formatter_class=raw,
+    )
+    verify.add_argument("--expect", type=Path, required=True, metavar="FILE")
+    verify.add_argument(
+        "--database-url",
+        default=None,
+        metavar="URL",
+        help=f"the consumers' store (default: $DATABASE_URL or {DEFAULT_DATABASE_URL})",
+    )
+    verify.add_argument(
+        "--wait",
+        type=_bounded(float, 0.0, 86_400.0),
+        default=0.0,
+        metavar="SECONDS",
+        help="keep comparing until the store matches or this much time passed (default 0)",
+    )
+
+    register = sub.add_parser(
+        "register",
+        help="register the endpoint with Wazza's API (POST /v1/webhooks)",
+        description=(
+            "Register the webhook endpoint with Wazza's API (POST <api-base>/v1/webhooks with "
+            "Authorization: Bearer <api-key> and {url, events, secret}); print the webhook id."
+        ),
+        epilog=(
+            "examples:\n  WAZZA_API_KEY=... wazza-hooks register --url "
+            'https://hooks.example.com/api/webhooks/wazza --secret "$SECRET"\n'
+            "  wazza-hooks register --url https://hooks.example.com/api/webhooks/wazza "
+            '--events completed failed --api-key "$KEY" --secret "$SECRET"'
+        ),
+        formatter_class=raw,
+    )
+    register.add_argument("--url", required=True, help="the public URL Wazza will POST to")
+    register.add_argument(
+        "--events",
+        nargs="+",
+        type=_event_name,
+        default=list(sender.EVENT_TYPES),
+        metavar="EVENT",
+        help="events to receive: completed, failed, processing (default: all three)",
+    )
+    register.add_argument("--api-key", default=None, help="Wazza API key (default: $WAZZA_API_KEY)")
+    register.add_argument(
+        "--api-base", default=DEFAULT_API_BASE, help=f"the API's base URL ({DEFAULT_API_BASE})"
+    )
+    register.add_argument(
+        "--secret",
+        default=None,
+        help="the webhook secret Wazza signs with; give the ingester the same one "
+        "(default: $WAZZA_WEBHOOK_SECRETS' first, else $WAZZA_WEBHOOK_SECRET)",
+    )
 
 
 def run_sender(args: argparse.Namespace) -> int:
     """Run one sender-side subcommand; returns the exit code."""
+    from consumers.store import StoreError
+
+    try:
+        if args.command == "send-test":
+            return asyncio.run(_send_test(args))
+        if args.command == "simulate":
+            return _simulate(args)
+        if args.command == "verify":
+            return _verify(args)
+        if args.command == "register":
+            return asyncio.run(_register(args))
+    except sender.SenderError as exc:
+        print(f"wazza-hooks {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except (StoreError, sqlite3.Error) as exc:
+        from .jobs_cli import redacted
+
+        url = redacted(_database_url(args))
+        print(f"wazza-hooks {args.command}: cannot read the store at {url}: {exc}", file=sys.stderr)
+        return 1
     return 2
+
+
+# --- send-test --------------------------------------------------------------------------------
+
+
+async def _send_test(args: argparse.Namespace) -> int:
+    url = sender.check_url(args.url)
+    secret = sender.resolve_secret(args.secret)
+    job_id = args.job_id or f"job_test_{secrets.token_hex(6)}"
+    body = sender.encode(sender.spec_example(args.event, job_id, time.time(), args.percent))
+    timeout = aiohttp.ClientTimeout(total=sender.ANSWER_TIMEOUT_SECONDS)
+    print(
+        f"sending {args.event} for {job_id} to {url} (event id {sender_event_id(body)[:16]}..., "
+        f"secret from {secret.source})",
+        file=sys.stderr,
+    )
+    async with aiohttp.ClientSession() as session:
+        answer = await sender.post(session, url, secret.value.encode(), body, timeout)
+    if answer.status is None:
+        raise sender.SenderError(f"no answer from {url}: {answer.problem}")
+    from http import HTTPStatus
+
+    try:
+        phrase = HTTPStatus(answer.status).phrase
+    except ValueError:
+        phrase = ""
+    print(f"HTTP {answer.status} {phrase}".rstrip())
+    print(answer.body.decode(errors="replace"))
+    if answer.ok:
+        return 0
+    hint = sender.refusal_hint(answer)
+    print(f"wazza-hooks send-test: {hint or 'not accepted (non-2xx)'}", file=sys.stderr)
+    return 1
+
+
+def sender_event_id(body: bytes) -> str:
+    """The id the ingester gives this body (its SHA-256), as `jobs history` shows it."""
+    from . import contract
+
+    return contract.body_event_id(body)
+
+
+# --- simulate ---------------------------------------------------------------------------------
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .sender_expect import expect_job, write_expect
+    from .sender_plan import PlanOptions, make_plan
+    from .simulate import ProgressLine, RunOptions, Simulation, reachable
+
+    url = sender.check_url(args.url)
+    secret = sender.resolve_secret(args.secret)
+    if args.expect is not None and not args.expect.parent.is_dir():
+        raise sender.SenderError(f"cannot write {args.expect}: no folder {args.expect.parent}")
+    seed = args.seed if args.seed is not None else secrets.randbits(31)
+    options = PlanOptions(args.jobs, args.failures, args.duplicates, args.reorder, seed)
+    plans = make_plan(options, time.time())
+    run_options = RunOptions(
+        url=url,
+        secret=secret.value.encode(),
+        concurrency=args.concurrency,
+        rate=args.rate,
+        backoff_seconds=args.backoff,
+        seed=seed,
+    )
+    simulation = Simulation(run_options)
+    progress = ProgressLine(simulation.tally)
+
+    async def go() -> None:
+        await reachable(url, sender.ANSWER_TIMEOUT_SECONDS)
+        drawing = asyncio.create_task(progress.run())
+        try:
+            await simulation.run(plans)
+        finally:
+            drawing.cancel()
+            progress.finish()
+
+    asyncio.run(go())
+    tally = simulation.tally
+    in_doubt = tally.in_doubt()
+    expectations = [
+        expect_job(p, tally.landed[p.job_id], in_doubt.get(p.job_id, {})) for p in plans
+    ]
+    _summary(args, plans, tally, seed)
+    if args.expect is not None:
+        from .jobs_cli import iso_time
+
+        meta = {"createdAt": iso_time(int(time.time() * 1000)), "url": url, "seed": seed}
+        write_expect(args.expect, expectations, meta)
+        undetermined = [e for e in expectations if e.undetermined is not None]
+        print(
+            f"  expect      {args.expect}: {len(expectations) - len(undetermined)} jobs definite, "
+            f"{len(undetermined)} undetermined"
+        )
+        for e in undetermined:
+            print(f"    undetermined {e.job_id}: {e.undetermined}")
+    if tally.given_up:
+        print(
+            f"wazza-hooks simulate: {len(tally.given_up)} deliveries given up after "
+            f"{run_options.attempts} attempts",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _summary(args: argparse.Namespace, plans: list[Any], tally: Any, seed: int) -> None:
+    distinct = sum(len(p.events) for p in plans)
+    reordered = sum(1 for p in plans if p.reordered)
+    p50, p99 = tally.percentile(0.5), tally.percentile(0.99)
+    ms = "-" if p50 is None else f"p50 {p50 * 1000:.1f} ms  p99 {p99 * 1000:.1f} ms"
+    answers = ", ".join(f"{k}: {v}" for k, v in sorted(tally.statuses.items()))
+    lines = [
+        f"simulate: {len(plans)} jobs, {tally.planned} webhooks ({distinct} events, "
+        f"{tally.planned - distinct} duplicates, {reordered} jobs reordered), seed {seed}",
+        f"  sent        {tally.sent} webhooks, {tally.attempts} attempts in {tally.seconds:.1f} s: "
+        f"{tally.attempts / tally.seconds:,.0f} req/s",
+        f"  accepted    {tally.accepted}"
+        + (f" (+{tally.quarantined} quarantined)" if tally.quarantined else ""),
+        f"  retried     {tally.retried}",
+        f"  given up    {len(tally.given_up)}",
+        f"  latency     {ms}",
+        f"  answers     {answers or '-'}",
+    ]
+    lines += [
+        f"    given up {g.job_id} {g.event_type} (event {g.index}): last {g.last}"
+        for g in tally.given_up
+    ]
+    print("\n".join(lines), flush=True)
+
+
+# --- verify -----------------------------------------------------------------------------------
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    return str(
+        getattr(args, "database_url", None)
+        or os.environ.get("DATABASE_URL")
+        or DEFAULT_DATABASE_URL
+    )
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from consumers.store import open_store
+
+    from .jobs_cli import redacted
+    from .sender_expect import read_expect
+    from .verify import Report, wait_for_match
+
+    expected = read_expect(args.expect)
+    url = _database_url(args)
+    shown = redacted(url)
+    if url.startswith("sqlite:"):
+        from consumers.store.sqlite import sqlite_path
+
+        path = sqlite_path(url)
+        if not path.is_file():
+            # Opening it would create an empty store and report every job missing.
+            raise sender.SenderError(
+                f"no store at {shown}: {path.absolute()} does not exist (point --database-url "
+                "or DATABASE_URL at the consumers' store; `make run` keeps ./var/wazza.db)"
+            )
+    tty = sys.stderr.isatty()
+
+    def polled(report: Report) -> None:
+        if tty:
+            sys.stderr.write(
+                f"\rverify: {report.matched}/{report.jobs} jobs match, waiting...\033[K"
+            )
+            sys.stderr.flush()
+
+    async def go() -> Report:
+        store = await open_store(url)
+        try:
+            return await wait_for_match(store, expected.expectations, args.wait, polled)
+        finally:
+            await store.close()
+
+    started = time.monotonic()
+    report = asyncio.run(go())
+    if tty and args.wait:
+        sys.stderr.write("\r\033[K")
+    for diff in report.differences:
+        print(f"{diff.job_id}: {diff.text}")
+    for e in report.undetermined:
+        what = "not compared" if e.any_of is None else f"one of {len(e.any_of)} possible states"
+        print(f"undetermined {e.job_id} ({what}): {e.undetermined}")
+    jobs_differing = len({d.job_id for d in report.differences})
+    print(
+        f"verify: {report.jobs} jobs, {report.matched} match, {jobs_differing} differ "
+        f"({len(report.differences)} differences), {len(report.undetermined)} undetermined "
+        f"({len(report.unchecked)} not compared); store {shown}, "
+        f"{time.monotonic() - started:.1f} s"
+    )
+    return 1 if report.differences else 0
+
+
+# --- register ---------------------------------------------------------------------------------
+
+
+async def _register(args: argparse.Namespace) -> int:
+    url = sender.check_url(args.url)
+    api_base = sender.check_url(args.api_base).rstrip("/")
+    key = args.api_key or os.environ.get("WAZZA_API_KEY", "").strip()
+    if not key:
+        raise sender.SenderError("no API key: pass --api-key or set WAZZA_API_KEY")
+    secret = sender.resolve_secret(args.secret, dev_file=None)
+    if not url.startswith("https://"):
+        print(
+            "wazza-hooks register: note: the spec asks for HTTPS endpoints; this one is not",
+            file=sys.stderr,
+        )
+    events = list(dict.fromkeys(args.events))
+    endpoint = f"{api_base}/v1/webhooks"
+    payload = {"url": url, "events": events, "secret": secret.value}
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    timeout = aiohttp.ClientTimeout(total=REGISTER_TIMEOUT_SECONDS)
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                endpoint, data=orjson.dumps(payload), headers=headers, timeout=timeout
+            ) as resp,
+        ):
+            status = resp.status
+            body = await resp.read()
+    except TimeoutError:
+        raise sender.SenderError(
+            f"no answer from {endpoint} within {REGISTER_TIMEOUT_SECONDS:g} s"
+        ) from None
+    except aiohttp.ClientError as exc:
+        problem = (
+            "connection refused"
+            if isinstance(getattr(exc, "os_error", None), ConnectionRefusedError)
+            else str(exc) or type(exc).__name__
+        )
+        raise sender.SenderError(f"cannot reach {endpoint}: {problem}") from None
+    text = body.decode(errors="replace").strip()
+    if status in (401, 403):
+        raise sender.SenderError(f"the API refused the key (HTTP {status}): {text[:300]}")
+    if not 200 <= status < 300:
+        raise sender.SenderError(f"the API answered HTTP {status}: {text[:300]}")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    webhook_id = doc.get("id") if isinstance(doc, dict) else None
+    if not isinstance(webhook_id, str | int) or isinstance(webhook_id, bool) or webhook_id == "":
+        raise sender.SenderError(
+            f"the API answered HTTP {status} without a webhook id: {text[:300]}"
+        )
+    print(f"registered {url} for {', '.join(events)}", file=sys.stderr)
+    print(webhook_id)
+    return 0
