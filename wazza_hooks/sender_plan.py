@@ -93,13 +93,19 @@ def make_plan(options: PlanOptions, now: float) -> list[JobPlan]:
         value = getattr(options, name)
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1, got {value}")
-    rnd = random.Random(options.seed)  # noqa: S311 - a reproducible simulation, not a secret
-    run = f"{rnd.getrandbits(32):08x}"
+    run = f"{_random(options.seed, 'run').getrandbits(32):08x}"
     width = max(6, len(str(options.jobs - 1)))
-    return [_job(rnd, f"job_sim{run}_{j:0{width}d}", options, now) for j in range(options.jobs)]
+    return [_job(options, j, f"job_sim{run}_{j:0{width}d}", now) for j in range(options.jobs)]
 
 
-def _job(rnd: random.Random, job_id: str, options: PlanOptions, now: float) -> JobPlan:
+def _random(seed: int, *parts: object) -> random.Random:
+    # One generator per job and purpose: a job's events do not change with the delivery options,
+    # so a run with duplicates and reordering carries the same events as one without.
+    return random.Random(":".join(map(str, (seed, *parts))))  # noqa: S311 - not a secret
+
+
+def _job(options: PlanOptions, j: int, job_id: str, now: float) -> JobPlan:
+    rnd = _random(options.seed, "job", j)
     count = rnd.randint(MIN_PROGRESS_EVENTS, MAX_PROGRESS_EVENTS)
     at = now - START_SPREAD_SECONDS + rnd.randrange(START_SPREAD_SECONDS // 2)
     docs = []
@@ -129,6 +135,7 @@ def _job(rnd: random.Random, job_id: str, options: PlanOptions, now: float) -> J
     events = tuple(
         Event(job_id, i, str(doc["event"]), sender.encode(doc)) for i, doc in enumerate(docs)
     )
+    rnd = _random(options.seed, "order", j)
     order = list(range(len(events)))
     reordered = rnd.random() < options.reorder
     if reordered:
