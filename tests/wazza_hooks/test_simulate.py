@@ -59,9 +59,7 @@ async def test_duplicates_are_the_same_bytes_again_and_reordering_shows_on_the_w
     assert tally.accepted == sum(len(j.order) for j in jobs) > sum(len(j.events) for j in jobs)
 
 
-async def test_a_refused_attempt_is_retried_with_the_same_body_newly_signed_until_accepted() -> (
-    None
-):
+async def test_a_refused_attempt_is_retried_with_the_same_body_signed_anew_until_taken() -> None:
     async def flaky(body: bytes, nth: int) -> tuple[int, dict[str, object]]:
         return (503, {"error": "unavailable"}) if nth <= 2 else (200, {"received": True})
 
