@@ -18,6 +18,11 @@ from tests.signing import wazza_hex
 from wazza_hooks.localbroker import free_port
 
 
+def _compact(value: object) -> str:
+    """JSON as the ingester writes it (orjson: no spaces)."""
+    return orjson.dumps(value).decode()
+
+
 @dataclass(frozen=True)
 class Received:
     """One request the receiver took."""
@@ -65,10 +70,11 @@ async def receiver(secret: str, script: Script = always_200) -> AsyncIterator[Re
             Received(body, int(ts or 0), good, request.headers.get("Content-Type", ""), time.time())
         )
         if not good:
-            return web.json_response({"error": "invalid_signature", "detail": "no"}, status=401)
+            refusal = {"error": "invalid_signature", "detail": "no"}
+            return web.json_response(refusal, status=401, dumps=_compact)
         seen[body] = seen.get(body, 0) + 1
         status, payload = await script(body, seen[body])
-        return web.json_response(payload, status=status)
+        return web.json_response(payload, status=status, dumps=_compact)
 
     app = web.Application()
     app.router.add_post("/api/webhooks/wazza", handle)
