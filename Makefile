@@ -13,9 +13,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) tools
 
-# prometheus and promtool, which the deploy tests run (Debian's package, installed when missing).
+# prometheus, promtool and haproxy for the deploy tests (Debian packages, installed if missing).
 tools:
-	deploy/tools/ensure-prometheus
+	deploy/tools/ensure-tools
 
 run: $(STAMP)
 	$(BIN)/wazza-hooks dev

@@ -150,8 +150,8 @@ def require_tool(name: str) -> str:
     found = shutil.which(name)
     if found is None:
         pytest.fail(
-            f"{name} is not installed: `make test` installs it (deploy/tools/ensure-prometheus "
-            f"for prometheus and promtool, the dev extra of pyproject.toml for the Python tools)"
+            f"{name} is not installed: `make test` installs it (deploy/tools/ensure-tools for "
+            "prometheus, promtool and haproxy; the dev extra of pyproject.toml for the others)"
         )
     return found
 

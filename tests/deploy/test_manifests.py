@@ -108,6 +108,17 @@ def test_compose_prometheus_scrapes_the_ports_the_services_listen_on() -> None:
     assert consumers == CONSUMER_PORTS
 
 
+def test_haproxy_config_is_valid_and_balances_over_ready_ingesters(tmp_path: Path) -> None:
+    config = DEPLOY / "haproxy" / "haproxy.cfg"
+    done = run(require_tool("haproxy"), "-c", "-f", str(config))
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = config.read_text()
+    assert "option httpchk GET /readyz" in text
+    broken = tmp_path / "haproxy.cfg"
+    broken.write_text(text.replace("balance roundrobin", "balance round-robin"))
+    assert run(require_tool("haproxy"), "-c", "-f", str(broken)).returncode != 0
+
+
 # --- Kubernetes -------------------------------------------------------------------------------
 
 

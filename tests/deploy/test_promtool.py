@@ -1,5 +1,5 @@
 """The Prometheus configuration and alert rules pass promtool (Debian's `prometheus` package,
-installed by `make test` through deploy/tools/ensure-prometheus), and the rules' unit tests
+installed by `make test` through deploy/tools/ensure-tools), and the rules' unit tests
 fire every alert on a synthetic series made to trip it and keep it quiet on a healthy one."""
 
 from __future__ import annotations
