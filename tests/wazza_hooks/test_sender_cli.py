@@ -4,10 +4,8 @@ real HTTP to local stand-ins, a real store filled by the consumers' own batch co
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -16,51 +14,17 @@ import pytest
 from consumers.batch import Record, apply_batch
 from consumers.service import BUILTIN
 from consumers.store import Store, open_store
-from tests.conftest import subprocess_env
 from wazza_hooks import contract
 from wazza_hooks.localbroker import free_port
 from wazza_hooks.sender_expect import expect_job, write_expect
 from wazza_hooks.sender_plan import JobPlan, PlanOptions, make_plan
 
+from .commands import Result, hooks
 from .standin import receiver, registration_api
 
 pytestmark = pytest.mark.slow
 
-# A command's imports take about a second; a loaded machine gets room.
-COMMAND_SECONDS = 60.0
 SECRET = "cli-test-secret-0123"
-
-
-@dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def __str__(self) -> str:
-        return f"exit {self.code}\n--- stdout ---\n{self.out}\n--- stderr ---\n{self.err}"
-
-
-async def hooks(*args: str | Path, cwd: Path, **env: str) -> Result:
-    """Run `wazza-hooks ARGS` (as `python -m wazza_hooks.cli`) to its end."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "wazza_hooks.cli",
-        *map(str, args),
-        env=subprocess_env(**env),
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), COMMAND_SECONDS)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
 
 
 def dev_folder(tmp_path: Path, secret: str = SECRET) -> Path:
