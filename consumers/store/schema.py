@@ -53,6 +53,22 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (service, topic, kafka_partition)
         )""",
     ],
+    # 2: dead letters sent back (`wazza-hooks dlq redrive`), one row a dead-letter record; the
+    # event id tells a record apart from another at the same position of a recreated topic.
+    [
+        """CREATE TABLE IF NOT EXISTS dlq_redrives (
+            dlq_topic TEXT NOT NULL,
+            dlq_partition INTEGER NOT NULL,
+            dlq_offset BIGINT NOT NULL,
+            event_id TEXT NOT NULL,
+            service TEXT NOT NULL,
+            requested_ms BIGINT NOT NULL,
+            published_ms BIGINT,
+            raw_partition INTEGER,
+            raw_offset BIGINT,
+            PRIMARY KEY (dlq_topic, dlq_partition, dlq_offset, event_id)
+        )""",
+    ],
 ]
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
