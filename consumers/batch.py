@@ -24,7 +24,7 @@ from wazza_hooks import contract
 from .events import EventError, JobEvent, parse_event
 from .jobs import settle_conflicts
 from .service import Service
-from .store import IN_LIST_CHUNK, Store, StoreUnavailable, Tx
+from .store import IN_LIST_CHUNK, Column, Store, StoreUnavailable, Tx
 
 log = logging.getLogger("wazza.consumers.batch")
 
@@ -71,6 +71,26 @@ class BatchResult:
 
 DeadLetter = Callable[[Record, BaseException], Awaitable[None]]
 
+_OFFSET_COLUMNS: list[Column] = [
+    ("service", "text"),
+    ("topic", "text"),
+    ("kafka_partition", "integer"),
+    ("next_offset", "bigint"),
+]
+_KEY_COLUMNS: list[Column] = [("service", "text"), ("event_id", "text"), ("processed_ms", "bigint")]
+_HISTORY_COLUMNS: list[Column] = [
+    ("service", "text"),
+    ("event_id", "text"),
+    ("job_id", "text"),
+    ("event_type", "text"),
+    ("event_time_ms", "bigint"),
+    ("applied_ms", "bigint"),
+    ("outcome", "text"),
+    ("topic", "text"),
+    ("kafka_partition", "integer"),
+    ("kafka_offset", "bigint"),
+]
+
 
 async def stored_offsets(store: Store, service: str, topic: str) -> dict[int, int]:
     """next_offset per partition, as the store has them."""
@@ -99,31 +119,33 @@ async def apply_batch(
     """
     result = BatchResult()
     async with store.transaction() as tx:
-        # In partition order: two owners of overlapping partitions (a zombie) lock alike.
-        for partition, records in sorted(partitions.items()):
-            row = await tx.fetchone(
-                "SELECT next_offset FROM consumer_offsets "  # noqa: S608 - a constant suffix
-                f"WHERE service = ? AND topic = ? AND kafka_partition = ?{tx.for_update()}",
-                service.name,
-                topic,
-                partition,
-            )
-            if row is None:
-                continue
-            stored = int(row[0])
-            first = records[0].offset
-            if stored > first or (stored < first and partition not in accept_gaps):
-                result.seek[partition] = stored
+        # One statement, rows locked in partition order: two owners of overlapping partitions
+        # (a zombie) lock alike.
+        member, args = tx.in_list(sorted(partitions))
+        rows = await tx.fetchall(
+            "SELECT kafka_partition, next_offset FROM consumer_offsets "  # noqa: S608 - constants
+            f"WHERE service = ? AND topic = ? AND kafka_partition {member} "
+            f"ORDER BY kafka_partition{tx.for_update()}",
+            service.name,
+            topic,
+            *args,
+        )
+        for partition, next_offset in rows:
+            stored = int(next_offset)
+            first = partitions[int(partition)][0].offset
+            if stored > first or (stored < first and int(partition) not in accept_gaps):
+                result.seek[int(partition)] = stored
         taken = {p: r for p, r in partitions.items() if p not in result.seek}
         if taken:
             await _apply_records(
                 tx, service, [r for rs in taken.values() for r in rs], dead_letter, result
             )
-        await tx.executemany(
-            "INSERT INTO consumer_offsets (service, topic, kafka_partition, next_offset) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT (service, topic, kafka_partition) "
-            "DO UPDATE SET next_offset = excluded.next_offset",
+        await tx.insert_rows(
+            "consumer_offsets",
+            _OFFSET_COLUMNS,
             [(service.name, topic, p, rs[-1].offset + 1) for p, rs in sorted(taken.items())],
+            "ON CONFLICT (service, topic, kafka_partition) "
+            "DO UPDATE SET next_offset = excluded.next_offset",
         )
         result.next_offsets.update({p: rs[-1].offset + 1 for p, rs in taken.items()})
     return result
@@ -136,30 +158,32 @@ async def _apply_records(
     now = int(time.time() * 1000)
     slots: list[tuple[str, str, int | None] | None] = [None] * len(records)
     candidates: list[tuple[int, contract.RawEnvelope]] = []
+    wanted = service.event_type_headers
     for i, record in enumerate(records):
+        # Most records of a service are other services' events: skipped by their type header
+        # alone (the contract puts it first), without reading the rest.
+        raw_type = _event_type(record.headers)
+        if raw_type is not None and raw_type not in wanted:
+            slots[i] = (raw_type.decode(errors="replace"), SKIPPED, None)
+            continue
         try:
             envelope = contract.RawEnvelope.from_headers(record.headers)
         except contract.ContractError as exc:
             await dead_letter(record, exc)
             slots[i] = ("unknown", DEAD_LETTERED, None)
             continue
-        if envelope.event_type not in service.event_types:
-            slots[i] = (envelope.event_type, SKIPPED, envelope.received_at_ms)
-        else:
-            candidates.append((i, envelope))
+        candidates.append((i, envelope))
     # (b) dedup: keys already stored, and repeats within the batch, are duplicates.
-    seen = await _stored_keys(tx, service.name, [env.event_id for _, env in candidates])
+    first: dict[str, int] = {}
+    for i, envelope in candidates:
+        first.setdefault(envelope.event_id, i)
+    claimed = await _claim_keys(tx, service.name, list(first), now)
     fresh: list[tuple[int, contract.RawEnvelope]] = []
     for i, envelope in candidates:
-        if envelope.event_id in seen:
-            slots[i] = (envelope.event_type, DUPLICATE, envelope.received_at_ms)
-        else:
-            seen.add(envelope.event_id)
+        if first[envelope.event_id] == i and envelope.event_id in claimed:
             fresh.append((i, envelope))
-    await tx.executemany(
-        "INSERT INTO processed_events (service, event_id, processed_ms) VALUES (?, ?, ?)",
-        [(service.name, env.event_id, now) for _, env in fresh],
-    )
+        else:
+            slots[i] = (envelope.event_type, DUPLICATE, envelope.received_at_ms)
     # (c) parse, apply, record.
     history: dict[str, list[object]] = {}
     events: list[tuple[int, contract.RawEnvelope, JobEvent]] = []
@@ -182,11 +206,11 @@ async def _apply_records(
         history[envelope.event_id] = _history_row(
             service, records[i], envelope, event.job_id, event.event_time_ms, outcome, now
         )
-    await tx.executemany(
-        "INSERT INTO job_events (service, event_id, job_id, event_type, event_time_ms, "
-        "applied_ms, outcome, topic, kafka_partition, kafka_offset) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (service, event_id) DO NOTHING",
+    await tx.insert_rows(
+        "job_events",
+        _HISTORY_COLUMNS,
         list(history.values()),
+        "ON CONFLICT (service, event_id) DO NOTHING",
     )
     if service.tracks_jobs:
         terminal = [e.job_id for _, _, e in events if e.terminal]
@@ -195,9 +219,30 @@ async def _apply_records(
     result.outcomes.extend(slot for slot in slots if slot is not None)
 
 
-async def _stored_keys(tx: Tx, service: str, event_ids: list[str]) -> set[str]:
-    found: set[str] = set()
-    unique = sorted(set(event_ids))
+def _event_type(headers: Sequence[tuple[str, bytes]]) -> bytes | None:
+    for name, value in headers:
+        if name == contract.H_EVENT_TYPE:
+            return value
+    return None
+
+
+async def _claim_keys(tx: Tx, service: str, event_ids: list[str], now: int) -> set[str]:
+    """Store the dedup keys of `event_ids` (distinct) not stored yet; those it stored."""
+    if not event_ids:
+        return set()
+    if tx.dialect == "postgresql":
+        # One statement: the keys that did not conflict are the fresh events.
+        rows = await tx.fetchall(
+            "INSERT INTO processed_events (service, event_id, processed_ms) "
+            "SELECT ?::text, unnest(?::text[]), ?::bigint "
+            "ON CONFLICT (service, event_id) DO NOTHING RETURNING event_id",
+            service,
+            event_ids,
+            now,
+        )
+        return {str(row[0]) for row in rows}
+    stored: set[str] = set()
+    unique = sorted(event_ids)
     for start in range(0, len(unique), IN_LIST_CHUNK):
         member, args = tx.in_list(unique[start : start + IN_LIST_CHUNK])
         rows = await tx.fetchall(
@@ -205,8 +250,10 @@ async def _stored_keys(tx: Tx, service: str, event_ids: list[str]) -> set[str]:
             service,
             *args,
         )
-        found.update(str(row[0]) for row in rows)
-    return found
+        stored.update(str(row[0]) for row in rows)
+    fresh = [e for e in event_ids if e not in stored]
+    await tx.insert_rows("processed_events", _KEY_COLUMNS, [(service, e, now) for e in fresh])
+    return set(fresh)
 
 
 async def _run_handlers(

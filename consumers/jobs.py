@@ -10,7 +10,7 @@ import orjson
 
 from .events import JobEvent
 from .state import APPLIED, JobState, Rank, decide
-from .store import IN_LIST_CHUNK, Tx
+from .store import IN_LIST_CHUNK, Column, Tx
 
 JOB_COLUMNS = (
     "job_id, status, percent, stage, eta_seconds, output, error, metadata, progress_rank, "
@@ -55,11 +55,35 @@ _UPDATE_JOB = (
     "metadata = ?, progress_rank = ?, terminal_rank = ?, terminal_event_id = ?, "
     "last_progress_ms = ?, finished_ms = ?, updated_ms = ? WHERE job_id = ?"
 )
+# The columns _update_args fills, in its order (the key, job_id, last).
+_JOB_KEY: Column = ("job_id", "text")
+_JOB_UPDATE_COLUMNS: list[Column] = [
+    ("status", "text"),
+    ("percent", "double precision"),
+    ("stage", "text"),
+    ("eta_seconds", "double precision"),
+    ("output", "text"),
+    ("error", "text"),
+    ("metadata", "text"),
+    ("progress_rank", "text"),
+    ("terminal_rank", "text"),
+    ("terminal_event_id", "text"),
+    ("last_progress_ms", "bigint"),
+    ("finished_ms", "bigint"),
+    ("updated_ms", "bigint"),
+]
+_NEW_JOB_COLUMNS: list[Column] = [
+    ("job_id", "text"),
+    ("status", "text"),
+    ("created_ms", "bigint"),
+    ("updated_ms", "bigint"),
+]
 _MARK_CONFLICT = (
-    "UPDATE job_events SET outcome = 'conflict' "
-    "WHERE job_id = ? AND outcome = 'applied' "
-    "AND event_type IN ('job.completed', 'job.failed') "
-    "AND event_id <> (SELECT terminal_event_id FROM jobs WHERE jobs.job_id = ?)"
+    "UPDATE job_events SET outcome = 'conflict' FROM jobs "
+    "WHERE jobs.job_id = job_events.job_id AND job_events.job_id {member} "
+    "AND job_events.outcome = 'applied' "
+    "AND job_events.event_type IN ('job.completed', 'job.failed') "
+    "AND job_events.event_id <> jobs.terminal_event_id"
 )
 
 
@@ -91,10 +115,11 @@ async def apply_job_events(events: Sequence[JobEvent], tx: Tx) -> list[str]:
     """
     now = int(time.time() * 1000)
     job_ids = sorted({e.job_id for e in events})
-    await tx.executemany(
-        "INSERT INTO jobs (job_id, status, created_ms, updated_ms) VALUES (?, 'processing', ?, ?) "
+    await tx.insert_rows(
+        "jobs",
+        _NEW_JOB_COLUMNS,
+        [(j, "processing", now, now) for j in job_ids],
         "ON CONFLICT (job_id) DO NOTHING",
-        [(j, now, now) for j in job_ids],
     )
     states: dict[str, JobState] = {}
     for start in range(0, len(job_ids), IN_LIST_CHUNK):
@@ -114,7 +139,12 @@ async def apply_job_events(events: Sequence[JobEvent], tx: Tx) -> list[str]:
             states[event.job_id] = decision.state
             changed.add(event.job_id)
         outcomes.append(decision.outcome)
-    await tx.executemany(_UPDATE_JOB, [_update_args(states[j], now) for j in sorted(changed)])
+    await tx.update_rows(
+        "jobs",
+        _JOB_KEY,
+        _JOB_UPDATE_COLUMNS,
+        [_update_args(states[j], now) for j in sorted(changed)],
+    )
     return outcomes
 
 
@@ -145,4 +175,7 @@ async def settle_conflicts(tx: Tx, job_ids: Sequence[str]) -> None:
     """A terminal event in a job's history marked applied that is not the job's winning one has
     lost to a later event (applied by whichever service, in whichever batch): it says conflict,
     as it would have had the two arrived the other way round. Run after the history is written."""
-    await tx.executemany(_MARK_CONFLICT, [(j, j) for j in sorted(set(job_ids))])
+    unique = sorted(set(job_ids))
+    for start in range(0, len(unique), IN_LIST_CHUNK):
+        member, args = tx.in_list(unique[start : start + IN_LIST_CHUNK])
+        await tx.execute(_MARK_CONFLICT.format(member=member), *args)

@@ -46,6 +46,8 @@ class Service:
     tracks_jobs: bool = False
     """True for the built-in services that keep the `jobs` table: after each batch, terminal
     events that lost to a later one are marked conflict in the history."""
+    event_type_headers: frozenset[bytes] = field(default=frozenset())
+    """`event_types` as their record header values (what the skip test compares)."""
 
     def __init__(
         self,
@@ -60,6 +62,9 @@ class Service:
             raise ServiceError(f"a service name is letters, digits, - and _; got {name!r}")
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "event_types", frozenset(event_types))
+        object.__setattr__(
+            self, "event_type_headers", frozenset(t.encode() for t in self.event_types)
+        )
         object.__setattr__(self, "handler", handler)
         object.__setattr__(self, "schema", tuple(schema))
         object.__setattr__(self, "batch_handler", batch_handler)

@@ -15,6 +15,10 @@ from typing import Any, Protocol
 IN_LIST_CHUNK = 500
 
 
+Column = tuple[str, str]
+"""A column's name and its PostgreSQL type (`text`, `bigint`, `double precision`, `integer`)."""
+
+
 class StoreError(Exception):
     """Root of the store's errors."""
 
@@ -50,6 +54,22 @@ class Tx(Protocol):
 
     def in_list(self, values: Sequence[Any]) -> tuple[str, list[Any]]:
         """A `column <this>` membership test for `values` and its arguments, per dialect."""
+
+    async def insert_rows(
+        self,
+        table: str,
+        columns: Sequence[Column],
+        rows: Sequence[Sequence[Any]],
+        suffix: str = "",
+    ) -> None:
+        """`INSERT INTO table (columns) <rows> suffix` (suffix: an ON CONFLICT clause): one
+        statement over arrays on PostgreSQL, the driver's executemany on SQLite."""
+
+    async def update_rows(
+        self, table: str, key: Column, columns: Sequence[Column], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Set `columns` of the row whose `key` matches, for each row of values (the columns'
+        values, then the key's): one statement over arrays on PostgreSQL."""
 
 
 class Store(Protocol):

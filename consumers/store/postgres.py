@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from . import StoreError, StoreUnavailable
+from . import Column, StoreError, StoreUnavailable
 from .schema import MIGRATIONS, VERSION_TABLE
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -110,6 +110,45 @@ class _PgTx:
 
     def in_list(self, values: Sequence[Any]) -> tuple[str, list[Any]]:
         return "= ANY(?)", [list(values)]
+
+    # Many rows as one statement over one array per column (unnest): asyncpg's executemany
+    # runs the statement once per row, each planned anew under force_custom_plan; measured on a
+    # 500-record batch, about 20 us a row against 2 to 3 us.
+    async def insert_rows(
+        self,
+        table: str,
+        columns: Sequence[Column],
+        rows: Sequence[Sequence[Any]],
+        suffix: str = "",
+    ) -> None:
+        if not rows:
+            return
+        names = ", ".join(name for name, _ in columns)
+        arrays = ", ".join(f"?::{kind}[]" for _, kind in columns)
+        await self.execute(
+            f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) {suffix}",  # noqa: S608
+            *_columns(rows, len(columns)),
+        )
+
+    async def update_rows(
+        self, table: str, key: Column, columns: Sequence[Column], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        if not rows:
+            return
+        every = [*columns, key]
+        sets = ", ".join(f"{name} = v.{name}" for name, _ in columns)
+        arrays = ", ".join(f"?::{kind}[]" for _, kind in every)
+        names = ", ".join(name for name, _ in every)
+        await self.execute(
+            f"UPDATE {table} SET {sets} FROM unnest({arrays}) AS v({names}) "  # noqa: S608
+            f"WHERE {table}.{key[0]} = v.{key[0]}",
+            *_columns(rows, len(every)),
+        )
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows as one list per column."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
 
 
 class PostgresStore:

@@ -14,12 +14,14 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import StoreError, StoreUnavailable
+from . import Column, StoreError, StoreUnavailable
 from .schema import MIGRATIONS, VERSION_TABLE
 
 # Long enough to ride out another service's batch commit, short enough not to stall this
 # process's event loop (and its Kafka heartbeats) while it waits.
 _BUSY_TIMEOUT_MS = 1000
+# Page cache per connection (KiB).
+_CACHE_KIB = 64 * 1024
 
 
 def sqlite_path(url: str) -> Path:
@@ -74,6 +76,29 @@ class _SqliteTx:
     def in_list(self, values: Sequence[Any]) -> tuple[str, list[Any]]:
         return f"IN ({', '.join('?' * len(values))})", list(values)
 
+    async def insert_rows(
+        self,
+        table: str,
+        columns: Sequence[Column],
+        rows: Sequence[Sequence[Any]],
+        suffix: str = "",
+    ) -> None:
+        names = ", ".join(name for name, _ in columns)
+        marks = ", ".join("?" * len(columns))
+        await self.executemany(
+            f"INSERT INTO {table} ({names}) VALUES ({marks}) {suffix}",  # noqa: S608 - the caller's
+            rows,
+        )
+
+    async def update_rows(
+        self, table: str, key: Column, columns: Sequence[Column], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        sets = ", ".join(f"{name} = ?" for name, _ in columns)
+        await self.executemany(
+            f"UPDATE {table} SET {sets} WHERE {key[0]} = ?",  # noqa: S608 - the caller's names
+            rows,
+        )
+
 
 class SqliteStore:
     """The store in one SQLite file."""
@@ -95,6 +120,10 @@ class SqliteStore:
             # NORMAL in WAL mode survives a process crash; a power loss may drop the last
             # commits, but offsets live in the same file, so those events are simply re-read.
             conn.execute("PRAGMA synchronous=NORMAL")
+            # The dedup and history keys are random (event ids), so each batch touches pages
+            # all over their indexes; SQLite's default 2 MiB cache rereads them from the file
+            # every batch.
+            conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
             conn.execute(VERSION_TABLE)
             _migrate(conn)
         except (sqlite3.Error, OSError) as exc:
