@@ -5,6 +5,11 @@ store transaction (`batch.apply_batch`); then the same offsets are committed to 
 effort, for lag monitors. The store, not Kafka, is the source of truth: on assignment each
 partition is sought to the offset the store holds. A batch in flight is finished before its
 partitions are given up (revocation waits for it) and before a stop.
+
+An operator may move a service's stored offsets back (`wazza-hooks replay`) while it runs: a
+busy partition sees it at its next batch (the offset guard), an idle one at the next
+comparison of the store's offsets with the positions (`_reconcile`, every second). Either way
+the records are re-read, and their dedup keys make them duplicates.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ _POLL_MS = 500
 # added to every event of a quiet partition; measured end to end at 2,000 events/s, p50 went
 # from about 250 ms to under 100 ms. 50 ms costs an idle consumer 20 small fetches a second.
 _FETCH_WAIT_MS = 50
+# How often the stored offsets are compared with the consumer's positions, so that a replay
+# reaches partitions that receive nothing: one small query a second, and a replay starts within
+# about a second.
+_RECONCILE_SECONDS = 1.0
 
 
 def _retry_delay(attempt: int) -> float:
@@ -88,6 +97,9 @@ class ConsumerRuntime:
         self._topic = settings.raw_topic
         self._lock = asyncio.Lock()
         self._gaps: set[int] = set()
+        # partition -> the offset of the next record this runtime will take (as sought or
+        # stored by it); compared with the store's to notice a replay.
+        self._positions: dict[int, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._stop = asyncio.Event()
@@ -160,11 +172,15 @@ class ConsumerRuntime:
         assert self._consumer is not None  # noqa: S101
         consumer = self._consumer
         next_prune = time.monotonic()
+        next_reconcile = time.monotonic() + _RECONCILE_SECONDS
         while not self._stop.is_set():
             data = await consumer.getmany(timeout_ms=_POLL_MS, max_records=self.settings.batch_size)
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + _PRUNE_EVERY_SECONDS
                 await self._prune()
+            if time.monotonic() >= next_reconcile:
+                next_reconcile = time.monotonic() + _RECONCILE_SECONDS
+                await self._reconcile()
             if not data:
                 continue
             partitions = {
@@ -197,12 +213,53 @@ class ConsumerRuntime:
                         offset,
                         partitions[partition][0].offset,
                     )
-                    self._gaps.add(partition)
                     consumer.seek(tp, offset)
-                for partition in result.next_offsets:
+                    self._positions[partition] = offset
+                    if await self._below_log_start(tp, offset):
+                        self._gaps.add(partition)
+                for partition, offset in result.next_offsets.items():
                     self._gaps.discard(partition)
+                    self._positions[partition] = offset
             self._observe(result, sum(len(r) for r in partitions.values()), started)
             await self._commit_to_kafka(result)
+
+    async def _below_log_start(self, tp: TopicPartition, offset: int) -> bool:
+        """True when the records from `offset` are gone from Kafka (retention): the next batch
+        then starts later, and that gap is accepted. Only then: a partition sought to records
+        that exist must start there, or a replay landing meanwhile would be overwritten."""
+        assert self._consumer is not None  # noqa: S101
+        try:
+            beginnings = await self._consumer.beginning_offsets([tp])
+        except KafkaError as exc:
+            log.info("%s[%d]: log start unknown (%r): gap accepted", tp.topic, tp.partition, exc)
+            return True
+        start: int = beginnings.get(tp, 0)
+        return offset < start
+
+    async def _reconcile(self) -> None:
+        """Seek every assigned partition whose stored offset went back below the position
+        (a replay): idle partitions have no batch whose offset guard would notice it."""
+        assert self._consumer is not None  # noqa: S101
+        async with self._lock:
+            try:
+                offsets = await stored_offsets(self.store, self.service.name, self._topic)
+            except StoreError as exc:  # the next comparison, or the next batch, will do
+                log.info("stored offsets not compared: %s", exc)
+                return
+            for tp in self._consumer.assignment():
+                stored = offsets.get(tp.partition)
+                position = self._positions.get(tp.partition)
+                if stored is None or position is None or stored >= position:
+                    continue
+                log.warning(
+                    "%s[%d]: store moved back from %d to %d (a replay): seeking",
+                    tp.topic,
+                    tp.partition,
+                    position,
+                    stored,
+                )
+                self._consumer.seek(tp, stored)
+                self._positions[tp.partition] = stored
 
     async def _apply_until_done(self, partitions: dict[int, list[Record]]) -> BatchResult | None:
         attempt = 0
@@ -304,6 +361,7 @@ class ConsumerRuntime:
         async with self._lock:
             for tp in revoked:
                 self._gaps.discard(tp.partition)
+                self._positions.pop(tp.partition, None)
                 with contextlib.suppress(KeyError):  # never measured: nothing to clear
                     metrics.LAG.remove(self.service.name, str(tp.partition))
         self.assigned.clear()
@@ -330,5 +388,7 @@ class ConsumerRuntime:
         # that one is applied lazily, after a fetch may already have begun elsewhere.
         beginnings = await self._consumer.beginning_offsets(fresh) if fresh else {}
         for tp in assigned:
-            self._consumer.seek(tp, offsets.get(tp.partition, beginnings.get(tp, 0)))
+            offset = offsets.get(tp.partition, beginnings.get(tp, 0))
+            self._consumer.seek(tp, offset)
+            self._positions[tp.partition] = offset
         self.assigned.set()
