@@ -1,0 +1,190 @@
+"""`wazza-hooks replay`, run as the operator runs it, against services on the real broker and
+both stores: a replay re-reads the history and changes nothing (effectively once), while the
+service runs or while it is stopped; and every refusal is one line with a non-zero exit."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import orjson
+
+from consumers.service import BUILTIN
+from consumers.store import Store, open_store
+from tests.conftest import Topics, make_topics
+from tests.consumers.helpers import completed, failed, progress, publish, rows
+from tests.consumers.test_runtime import counter, offsets_reach, running, settings_for, until
+from wazza_hooks.localbroker import LocalBroker, free_port
+
+from .ops_helpers import (
+    env_for,
+    hooks,
+    iso,
+    one_line_refusal,
+    snapshot,
+    store,  # noqa: F401 - a fixture
+    store_url,  # noqa: F401 - a fixture
+    stored,
+)
+
+SERVICES = ("progress", "completion", "failure")
+
+
+def workload(tag: str) -> list[bytes]:
+    """Three jobs' events over the three services, with duplicate deliveries."""
+    events = []
+    for n in range(3):
+        job = f"job_{tag}_{n}"
+        events += [
+            progress(job, 20, "2025-10-22T10:00:00Z"),
+            progress(job, 60, "2025-10-22T10:05:00Z"),
+            (failed if n == 1 else completed)(job, "2025-10-22T10:10:00Z"),
+        ]
+    return events + events[:4]  # the sender's retries: the same bytes again
+
+
+def of_type(bodies: list[bytes], event_type: str) -> int:
+    return sum(1 for b in bodies if orjson.loads(b)["event"] == event_type)
+
+
+async def test_replaying_a_running_service_changes_no_state_and_doubles_no_history(
+    broker: LocalBroker,
+    store: Store,  # noqa: F811 - the fixture
+    store_url: str,  # noqa: F811
+) -> None:
+    topics = await make_topics(broker.bootstrap_servers, partitions=2)
+    early, late = workload("early"), workload("late")
+    settings = settings_for(broker, topics)
+    env = env_for(settings, store_url)
+    await publish(broker.bootstrap_servers, topics.raw, early)
+
+    async with running(store, settings, *(BUILTIN[s] for s in SERVICES)):
+        await all_taken(store, len(early))
+        middle = await stored(store, "progress")
+        await asyncio.sleep(0.005)
+        since = iso(int(time.time() * 1000))
+        await asyncio.sleep(0.005)
+        await publish(broker.bootstrap_servers, topics.raw, late)
+        await all_taken(store, len(early) + len(late))
+        before = await snapshot(store)
+        end = {s: await stored(store, s) for s in SERVICES}
+        progress_dups = counter("progress", "job.processing", "duplicate")
+        completion_dups = counter("completion", "job.completed", "duplicate")
+
+        # --from: each partition goes back to where the late events began, not further.
+        dry = await hooks("replay", "--service", "progress", "--from", since, "--dry-run",
+                          "--json", env=env)  # fmt: skip
+        assert dry.code == 0, dry
+        assert await stored(store, "progress") == end["progress"]  # a dry run changes nothing
+        result = await hooks("replay", "--service", "progress", "--from", since, "--json", env=env)
+        assert result.code == 0, result
+        document = result.json()
+        assert document == dry.json() | {"dryRun": False}
+        assert (document["service"], document["topic"], document["from"]) == (
+            "progress",
+            topics.raw,
+            since,
+        )
+        assert {m["partition"]: (m["from"], m["to"]) for m in document["partitions"]} == {
+            p: (end["progress"][p], middle[p])
+            for p in end["progress"]
+            if end["progress"][p] > middle[p]
+        }
+        assert (document["records"], document["reapplied"]) == (len(late), 0)
+        # The partitions are idle: the runtime's comparison with the store notices the replay.
+        await until(
+            lambda: duplicates_reach("progress", "job.processing", progress_dups, late),
+            "the late progress records read again",
+        )
+        await until(lambda: offsets_are(store, "progress", end), "progress back at the end")
+
+        # --from-beginning, for another service.
+        result = await hooks("replay", "--service", "completion", "--from-beginning", env=env)
+        assert result.code == 0, result
+        assert "replay of completion" in result.out
+        assert f"{len(early) + len(late)} records to read again" in result.out
+        await until(
+            lambda: duplicates_reach("completion", "job.completed", completion_dups, early + late),
+            "every completion record read again",
+        )
+        await until(lambda: offsets_are(store, "completion", end), "completion back at the end")
+
+    # Job rows, history rows (none doubled, none added) and dedup keys: all as they were.
+    assert await snapshot(store) == before
+    assert await stored(store, "failure") == end["failure"]  # the other services untouched
+    assert counter("progress", "job.processing", "duplicate") - progress_dups == of_type(
+        late, "job.processing"
+    )
+    assert counter("completion", "job.completed", "duplicate") - completion_dups == of_type(
+        early + late, "job.completed"
+    )
+
+
+async def all_taken(store: Store, count: int) -> None:  # noqa: F811
+    for service in SERVICES:
+        await until(lambda s=service: offsets_reach(store, s, count), f"{service} done")  # type: ignore[misc]
+
+
+async def duplicates_reach(
+    service: str, event_type: str, before: float, bodies: list[bytes]
+) -> bool:
+    return counter(service, event_type, "duplicate") - before >= of_type(bodies, event_type)
+
+
+async def offsets_are(store: Store, service: str, end: dict[str, dict[int, int]]) -> bool:  # noqa: F811
+    return await stored(store, service) == end[service]
+
+
+# --- refusals ---------------------------------------------------------------------------------
+
+
+async def test_replay_refusals_are_one_line_with_a_non_zero_exit(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/wazza.db"
+    topics = await make_topics(broker.bootstrap_servers, partitions=1)
+    settings = settings_for(broker, topics)
+    opened = await open_store(url)
+    try:
+        async with opened.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO consumer_offsets (service, topic, kafka_partition, next_offset) "
+                "VALUES ('completion', ?, 0, 0)",
+                topics.raw,
+            )
+    finally:
+        await opened.close()
+    env = env_for(settings, url)
+
+    nowhere = f"127.0.0.1:{free_port()}"
+    unknown, malformed, future, unreachable, missing = await asyncio.gather(
+        hooks("replay", "--service", "nosuch", "--from-beginning", env=env),
+        hooks("replay", "--service", "completion", "--from", "yesterday", env=env),
+        hooks("replay", "--service", "completion", "--from", "2999-01-01T00:00:00Z", env=env),
+        hooks("replay", "--service", "completion", "--from-beginning",
+              "--bootstrap-servers", nowhere, env=env),
+        hooks("replay", "--service", "completion", "--from-beginning",
+              "--database-url", f"sqlite:///{tmp_path}/missing.db", env=env),
+    )  # fmt: skip
+
+    assert "unknown service 'nosuch'" in one_line_refusal(unknown)
+    assert "completion" in unknown.err  # the services it does know
+    assert "not an ISO-8601 time" in one_line_refusal(malformed, code=2)
+    assert "in the future" in one_line_refusal(future, code=2)
+    assert f"cannot reach the broker at {nowhere}" in one_line_refusal(unreachable)
+    assert "does not exist" in one_line_refusal(missing)
+    assert not (tmp_path / "missing.db").exists()
+
+    assert await rows_of(url, topics) == [(0,)]  # nothing moved by any of them
+
+
+async def rows_of(url: str, topics: Topics) -> list[tuple[int]]:
+    opened = await open_store(url)
+    try:
+        found = await rows(
+            opened, "SELECT next_offset FROM consumer_offsets WHERE topic = ?", topics.raw
+        )
+    finally:
+        await opened.close()
+    return [(int(r[0]),) for r in found]
