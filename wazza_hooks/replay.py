@@ -19,6 +19,7 @@ would be applied again; `plan_replay` counts those and the command refuses unles
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from consumers.store import Store, Tx
@@ -126,26 +127,31 @@ async def _reapplied(tx: Tx, service: str, topic: str, partition: int, start: in
 
 
 async def apply_replay(store: Store, plan: ReplayPlan) -> list[PartitionMove]:
-    """Lower the stored offsets in one transaction; the moves that took effect.
+    """Lower the stored offsets in one transaction; the moves made, from the offsets held then.
 
-    Each update only ever lowers an offset (`next_offset > target`), so a batch that committed
-    meanwhile is overwritten, never a replay undone; rows are locked in partition order, as the
-    batches lock them, so the two cannot deadlock.
+    Each row is read locked, in partition order as the batches lock them (so the two cannot
+    deadlock), and only ever lowered: a batch that committed since the plan is overwritten,
+    never a replay undone, and `stored` says where the partition really was.
     """
     done = []
     async with store.transaction() as tx:
         for move in plan.moves:
-            if move.target >= move.stored:
+            row = await tx.fetchone(
+                "SELECT next_offset FROM consumer_offsets "  # noqa: S608 - a constant suffix
+                f"WHERE service = ? AND topic = ? AND kafka_partition = ?{tx.for_update()}",
+                plan.service,
+                plan.topic,
+                move.partition,
+            )
+            if row is None or int(row[0]) <= move.target:
                 continue
-            changed = await tx.execute(
+            await tx.execute(
                 "UPDATE consumer_offsets SET next_offset = ? "
-                "WHERE service = ? AND topic = ? AND kafka_partition = ? AND next_offset > ?",
+                "WHERE service = ? AND topic = ? AND kafka_partition = ?",
                 move.target,
                 plan.service,
                 plan.topic,
                 move.partition,
-                move.target,
             )
-            if changed:
-                done.append(move)
+            done.append(dataclasses.replace(move, stored=int(row[0])))
     return done
