@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import json
 import os
 import platform
@@ -44,6 +46,8 @@ RESULTS = ROOT / "bench" / "results"
 BIN = Path(sys.executable).parent
 # The stack starts in seconds; the consumers' group joins on the local broker take a few more.
 START_SECONDS = 60.0
+# Often enough to see the rate change over a run of a minute or two.
+SAMPLE_SECONDS = 10.0
 
 
 def metric_samples(text: str, name: str) -> list[Any]:
@@ -91,6 +95,17 @@ def free_run(count: int) -> int:
             port_in_use("127.0.0.1", first + i) for i in range(1, count)
         ):
             return first
+
+
+async def sample_accepted(port: int, started: float, into: list[tuple[float, float]]) -> None:
+    """(seconds since start, accepted so far) from the ingester's counter, every few seconds."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                into.append(
+                    (time.monotonic() - started, accepted_by_ingester(await scrape(http, port)))
+                )
+            await asyncio.sleep(SAMPLE_SECONDS)
 
 
 async def wait_ready(port: int, metrics: list[int], dev: subprocess.Popen[bytes]) -> None:
@@ -174,8 +189,11 @@ async def amain(args: argparse.Namespace) -> int:
             "--seed", str(args.seed),
             cwd=folder, env=sim_env, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
+        timeline: list[tuple[float, float]] = []
+        sampler = asyncio.create_task(sample_accepted(port, started, timeline))
         out, _ = await sim.communicate()
         simulated = time.monotonic()
+        sampler.cancel()
         summary = out.decode()
         print(summary, end="", flush=True)
         if sim.returncode != 0:
@@ -205,6 +223,12 @@ async def amain(args: argparse.Namespace) -> int:
             "request_p50_ms": float(latency.group(1)),
             "request_p99_ms": float(latency.group(2)),
             "ingester_accepted": ingested,
+            # Accepted webhooks/s per sampling interval: shows the rate falling as the local
+            # broker (memory only) holds more data.
+            "accepted_per_s_timeline": [
+                [round(t1), round((a1 - a0) / (t1 - t0))]
+                for (t0, a0), (t1, a1) in itertools.pairwise(timeline)
+            ],
         }
         report["store_matches"] = {
             "verified": check.returncode == 0,
