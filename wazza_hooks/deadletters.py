@@ -286,7 +286,7 @@ async def _send_back(
     results: list[RedriveResult] = []
     async with broker_writer(bootstrap_servers, enable_idempotence) as producer:
         for record, service, event_id in pending:
-            state = await _prepare(store, dlq_topic, record, service, event_id)
+            state = await claim_redrive(store, dlq_topic, record, service, event_id)
             if state == ALREADY_REDRIVEN:
                 results.append(RedriveResult(record, ALREADY_REDRIVEN, "already redriven"))
                 continue
@@ -346,7 +346,7 @@ def _refusal(record: DeadLetterRecord, known: Sequence[str]) -> str | None:
     return None
 
 
-async def _prepare(
+async def claim_redrive(
     store: Store, dlq_topic: str, record: DeadLetterRecord, service: str, event_id: str
 ) -> str:
     """Step 1 of a redrive: REDRIVEN (go on and publish), ALREADY_REDRIVEN or ALREADY_TAKEN.
@@ -393,10 +393,17 @@ async def _prepare(
         if await tx.fetchone(
             "SELECT 1 FROM job_events WHERE service = ? AND event_id = ?", service, event_id
         ):
-            if claimed:
+            if claimed:  # this redrive did nothing: it leaves no trace
                 await tx.execute(
                     "DELETE FROM dlq_redrives WHERE dlq_topic = ? AND dlq_partition = ? "
                     "AND dlq_offset = ? AND event_id = ?",
+                    *position,
+                )
+            else:  # an interrupted one's copy did land (or the event came again): it is done
+                await tx.execute(
+                    "UPDATE dlq_redrives SET published_ms = ? WHERE dlq_topic = ? "
+                    "AND dlq_partition = ? AND dlq_offset = ? AND event_id = ?",
+                    now,
                     *position,
                 )
             return ALREADY_TAKEN

@@ -4,8 +4,9 @@ command run as the operator runs it, and snapshots of everything a replay must l
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,14 +113,21 @@ class Snapshot:
     dedup_keys: list[tuple[Any, ...]]
 
 
-async def snapshot(store: Store) -> Snapshot:
-    """Every job row, history row and dedup key, in a stable order."""
+async def snapshot(store: Store, leaving_out: Sequence[bytes] = ()) -> Snapshot:
+    """Every job row, history row and dedup key, in a stable order; those of the events in
+    `leaving_out` (bodies) and of their jobs left out."""
+    events = {hashlib.sha256(b).hexdigest() for b in leaving_out}
+    jobs_out = {orjson.loads(b)["jobId"] for b in leaving_out}
     jobs = await rows(store, "SELECT * FROM jobs ORDER BY job_id")
     history = await rows(store, "SELECT * FROM job_events ORDER BY service, event_id")
     keys = await rows(
         store, "SELECT service, event_id FROM processed_events ORDER BY service, event_id"
     )
-    return Snapshot([tuple(r) for r in jobs], [tuple(r) for r in history], [tuple(r) for r in keys])
+    return Snapshot(
+        [tuple(r) for r in jobs if r[0] not in jobs_out],
+        [tuple(r) for r in history if r[1] not in events],
+        [tuple(r) for r in keys if r[1] not in events],
+    )
 
 
 async def stored(store: Store, service: str) -> dict[int, int]:

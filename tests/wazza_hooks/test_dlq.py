@@ -68,16 +68,16 @@ async def test_a_dead_letter_is_listed_then_redriven_once_for_its_service_only(
     async with running(store, settings, picky, BUILTIN["completion"]) as runtimes:
         for service in ("picky", "completion"):
             await until(lambda s=service: offsets_reach(store, s, 3), f"{service} done")  # type: ignore[misc]
-        [letter] = await read_topic(broker.bootstrap_servers, topics.dlq, expect=1)
-        original = contract.DeadLetter.from_headers(letter.headers)
         state = await job(store, "job_poison")
         completion_dups = counter("completion", "job.completed", "duplicate")
 
-        listing, text, others = await asyncio.gather(
+        [letter], listing, text, others = await asyncio.gather(
+            read_topic(broker.bootstrap_servers, topics.dlq, expect=1),
             hooks("dlq", "list", "--json", env=env),
             hooks("dlq", "list", env=env),
             hooks("dlq", "list", "--service", "completion", "--json", env=env),
         )
+        original = contract.DeadLetter.from_headers(letter.headers)
         assert listing.code == 0, listing
         dead_id = f"{letter.partition}:{letter.offset}"
         assert listing.json() == {

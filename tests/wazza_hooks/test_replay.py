@@ -5,7 +5,7 @@ service runs or while it is stopped; and every refusal is one line with a non-ze
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import re
 import time
 from pathlib import Path
 
@@ -56,6 +56,7 @@ async def test_replaying_a_running_service_changes_no_state_and_doubles_no_histo
 ) -> None:
     topics = await make_topics(broker.bootstrap_servers, partitions=2)
     early, late = workload("early"), workload("late")
+    busy = [completed(f"job_busy_{i}", "2025-10-22T11:00:00Z") for i in range(150)]
     settings = settings_for(broker, topics)
     env = env_for(settings, store_url)
     await publish(broker.bootstrap_servers, topics.raw, early)
@@ -72,6 +73,7 @@ async def test_replaying_a_running_service_changes_no_state_and_doubles_no_histo
         end = {s: await stored(store, s) for s in SERVICES}
         progress_dups = counter("progress", "job.processing", "duplicate")
         completion_dups = counter("completion", "job.completed", "duplicate")
+        failure_dups = counter("failure", "job.failed", "duplicate")
 
         # --from: each partition goes back to where the late events began, not further.
         dry = await hooks("replay", "--service", "progress", "--from", since, "--dry-run",
@@ -95,31 +97,49 @@ async def test_replaying_a_running_service_changes_no_state_and_doubles_no_histo
         assert (document["records"], document["reapplied"]) == (len(late), 0)
         # The partitions are idle: the runtime's comparison with the store notices the replay.
         await until(
-            lambda: duplicates_reach("progress", "job.processing", progress_dups, late),
+            lambda: duplicates_reach(
+                "progress", "job.processing", progress_dups, of_type(late, "job.processing")
+            ),
             "the late progress records read again",
         )
         await until(lambda: offsets_are(store, "progress", end), "progress back at the end")
 
-        # --from-beginning, for another service.
+        # --from-beginning, for another service, while its batches keep committing: new jobs
+        # arrive a few records at a time meanwhile.
+        feeding = asyncio.create_task(trickle(broker, topics.raw, busy))
         result = await hooks("replay", "--service", "completion", "--from-beginning", env=env)
+        await feeding
         assert result.code == 0, result
         assert "replay of completion" in result.out
-        assert f"{len(early) + len(late)} records to read again" in result.out
+        found = re.search(r"(\d+) records to read again", result.out)
+        assert found is not None, result.out
+        # All the early and late records, and the new ones taken before the replay landed.
+        replayed = int(found[1])
+        assert len(early + late) <= replayed <= len(early + late + busy)
+        reread = of_type(early + late, "job.completed") + replayed - len(early + late)
         await until(
-            lambda: duplicates_reach("completion", "job.completed", completion_dups, early + late),
+            lambda: duplicates_reach("completion", "job.completed", completion_dups, reread),
             "every completion record read again",
         )
-        await until(lambda: offsets_are(store, "completion", end), "completion back at the end")
+        total = len(early + late + busy)
+        await until(lambda: offsets_reach(store, "completion", total), "completion at the end")
+        # The comparison runs each second: room for a late one to show.
+        await asyncio.sleep(1.5)
 
-    # Job rows, history rows (none doubled, none added) and dedup keys: all as they were.
-    assert await snapshot(store) == before
-    assert await stored(store, "failure") == end["failure"]  # the other services untouched
+    # Job rows, history rows (none doubled, none added) and dedup keys: all as they were...
+    assert await snapshot(store, leaving_out=busy) == before
+    assert counter("failure", "job.failed", "duplicate") == failure_dups  # the others untouched
     assert counter("progress", "job.processing", "duplicate") - progress_dups == of_type(
         late, "job.processing"
     )
-    assert counter("completion", "job.completed", "duplicate") - completion_dups == of_type(
-        early + late, "job.completed"
+    # ...every record below the offsets the replay moved from was read again (a batch that
+    # wrote its own next offset over the replay would leave some unread), none twice...
+    assert counter("completion", "job.completed", "duplicate") - completion_dups == reread
+    # ...and the new jobs were applied once each.
+    taken = await rows(
+        store, "SELECT event_id, outcome FROM job_events WHERE job_id LIKE 'job_busy_%'"
     )
+    assert sorted(tuple(r) for r in taken) == sorted((i, "applied") for i in ids(busy))
 
 
 async def all_taken(store: Store, count: int) -> None:  # noqa: F811
@@ -127,53 +147,12 @@ async def all_taken(store: Store, count: int) -> None:  # noqa: F811
         await until(lambda s=service: offsets_reach(store, s, count), f"{service} done")  # type: ignore[misc]
 
 
-async def duplicates_reach(
-    service: str, event_type: str, before: float, bodies: list[bytes]
-) -> bool:
-    return counter(service, event_type, "duplicate") - before >= of_type(bodies, event_type)
+async def duplicates_reach(service: str, event_type: str, before: float, count: int) -> bool:
+    return counter(service, event_type, "duplicate") - before >= count
 
 
 async def offsets_are(store: Store, service: str, end: dict[str, dict[int, int]]) -> bool:  # noqa: F811
     return await stored(store, service) == end[service]
-
-
-async def test_a_replay_while_batches_are_in_flight_is_neither_undone_nor_doubled(
-    broker: LocalBroker, postgres_dsn: str
-) -> None:
-    """PostgreSQL, where batches and the replay contend for row locks (SQLite runs one write
-    transaction at a time): records keep arriving in small batches while the replay lands."""
-    topics = await make_topics(broker.bootstrap_servers, partitions=2)
-    settings = dataclasses.replace(settings_for(broker, topics), batch_size=10)
-    bodies = [progress(f"job_busy_{i}", 10, "2025-10-22T10:00:00Z") for i in range(300)]
-    duplicates = counter("progress", "job.processing", "duplicate")
-    opened = await open_store(postgres_dsn)
-    try:
-        async with running(opened, settings, BUILTIN["progress"]):
-            await publish(broker.bootstrap_servers, topics.raw, bodies[:100])
-            await until(lambda: offsets_reach(opened, "progress", 100), "the first records")
-            feeding = asyncio.create_task(trickle(broker, topics.raw, bodies[100:]))
-            result = await hooks(
-                "replay", "--service", "progress", "--from-beginning", "--json",
-                env=env_for(settings, postgres_dsn),
-            )  # fmt: skip
-            await feeding
-            assert result.code == 0, result
-            replayed = result.json()["records"]
-            assert replayed >= 100
-            await until(lambda: offsets_reach(opened, "progress", len(bodies)), "every record")
-            # Every record below the offsets the replay moved from is read again: a batch
-            # that wrote its own next offset over the replay would leave some unread.
-            await until(
-                lambda: _counted("progress", "job.processing", duplicates, replayed),
-                "the replayed records read again",
-            )
-        history = await rows(opened, "SELECT event_id, outcome FROM job_events")
-        jobs = await rows(opened, "SELECT COUNT(*), MIN(percent), MAX(percent) FROM jobs")
-    finally:
-        await opened.close()
-    assert sorted(history) == sorted((i, "applied") for i in ids(bodies))  # once each
-    assert tuple(jobs[0]) == (len(bodies), 10.0, 10.0)
-    assert counter("progress", "job.processing", "duplicate") - duplicates == replayed
 
 
 async def trickle(broker: LocalBroker, topic: str, bodies: list[bytes]) -> None:
@@ -183,25 +162,33 @@ async def trickle(broker: LocalBroker, topic: str, bodies: list[bytes]) -> None:
         await asyncio.sleep(0.02)
 
 
-async def _counted(service: str, event_type: str, before: float, count: int) -> bool:
-    return counter(service, event_type, "duplicate") - before >= count
-
-
 # --- refusals ---------------------------------------------------------------------------------
 
 
 async def test_replay_refusals_are_one_line_with_a_non_zero_exit(
     broker: LocalBroker, tmp_path: Path
 ) -> None:
+    """Also: an event applied so long ago that its dedup key was pruned would be applied
+    again, so the replay is refused unless --allow-reapply says to go on."""
     url = f"sqlite:///{tmp_path}/wazza.db"
     topics = await make_topics(broker.bootstrap_servers, partitions=1)
+    await publish(
+        broker.bootstrap_servers, topics.raw, [completed("job_old", "2025-10-22T10:00:00Z")]
+    )
     settings = settings_for(broker, topics)
     opened = await open_store(url)
     try:
         async with opened.transaction() as tx:
             await tx.execute(
                 "INSERT INTO consumer_offsets (service, topic, kafka_partition, next_offset) "
-                "VALUES ('completion', ?, 0, 0)",
+                "VALUES ('completion', ?, 0, 1)",
+                topics.raw,
+            )
+            await tx.execute(  # its history, but no dedup key any more
+                "INSERT INTO job_events (service, event_id, job_id, event_type, event_time_ms, "
+                "applied_ms, outcome, topic, kafka_partition, kafka_offset) "
+                "VALUES ('completion', 'e-old', 'job_old', 'job.completed', 0, 0, 'applied', "
+                "?, 0, 0)",
                 topics.raw,
             )
     finally:
@@ -209,7 +196,7 @@ async def test_replay_refusals_are_one_line_with_a_non_zero_exit(
     env = env_for(settings, url)
 
     nowhere = f"127.0.0.1:{free_port()}"
-    unknown, malformed, future, unreachable, missing = await asyncio.gather(
+    unknown, malformed, future, unreachable, missing, pruned = await asyncio.gather(
         hooks("replay", "--service", "nosuch", "--from-beginning", env=env),
         hooks("replay", "--service", "completion", "--from", "yesterday", env=env),
         hooks("replay", "--service", "completion", "--from", "2999-01-01T00:00:00Z", env=env),
@@ -217,6 +204,7 @@ async def test_replay_refusals_are_one_line_with_a_non_zero_exit(
               "--bootstrap-servers", nowhere, env=env),
         hooks("replay", "--service", "completion", "--from-beginning",
               "--database-url", f"sqlite:///{tmp_path}/missing.db", env=env),
+        hooks("replay", "--service", "completion", "--from-beginning", env=env),
     )  # fmt: skip
 
     assert "unknown service 'nosuch'" in one_line_refusal(unknown)
@@ -226,8 +214,19 @@ async def test_replay_refusals_are_one_line_with_a_non_zero_exit(
     assert f"cannot reach the broker at {nowhere}" in one_line_refusal(unreachable)
     assert "does not exist" in one_line_refusal(missing)
     assert not (tmp_path / "missing.db").exists()
+    assert "1 events in that range were applied before the dedup retention window" in (
+        one_line_refusal(pruned)
+    )
+    assert await rows_of(url, topics) == [(1,)]  # nothing moved by any of them
 
-    assert await rows_of(url, topics) == [(0,)]  # nothing moved by any of them
+    allowed = await hooks(
+        "replay", "--service", "completion", "--from-beginning", "--allow-reapply", "--json",
+        env=env,
+    )  # fmt: skip
+    assert allowed.code == 0, allowed
+    assert allowed.json()["partitions"] == [{"partition": 0, "from": 1, "to": 0}]
+    assert allowed.json()["reapplied"] == 1
+    assert await rows_of(url, topics) == [(0,)]
 
 
 async def rows_of(url: str, topics: Topics) -> list[tuple[int]]:
