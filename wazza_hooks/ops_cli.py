@@ -300,7 +300,7 @@ async def _replay(args: argparse.Namespace, settings: ConsumerSettings) -> int:
 
 async def _dlq_list(args: argparse.Namespace, settings: ConsumerSettings) -> int:
     from .deadletters import read_dead_letters, with_redrives
-    from .ops_io import store_at
+    from .ops_io import known_services, store_at, unknown_service
 
     async with store_at(settings.database_url) as store:
         records = await read_dead_letters(
@@ -308,6 +308,10 @@ async def _dlq_list(args: argparse.Namespace, settings: ConsumerSettings) -> int
         )
         if args.service is not None:
             records = [r for r in records if r.service == args.service]
+            async with store.reader() as tx:
+                known = await known_services(tx, settings.raw_topic)
+            if not records and args.service not in known:
+                raise unknown_service(args.service, settings.raw_topic, known)
         records = await with_redrives(store, settings.dlq_topic, records)
     if args.json:
         _print_json(

@@ -183,6 +183,7 @@ async def test_dlq_refusals_are_one_line_with_a_non_zero_exit(
     (
         empty,
         unknown,
+        list_unknown,
         no_such_id,
         bad_id,
         list_nowhere,
@@ -191,6 +192,7 @@ async def test_dlq_refusals_are_one_line_with_a_non_zero_exit(
     ) = await asyncio.gather(
         hooks("dlq", "list", env=env),
         hooks("dlq", "redrive", "--service", "nosuch", env=env),
+        hooks("dlq", "list", "--service", "nosuch", env=env),
         hooks("dlq", "redrive", "--id", "0:99", env=env),
         hooks("dlq", "redrive", "--id", "seven", env=env),
         hooks("dlq", "list", "--bootstrap-servers", nowhere, env=env),
@@ -199,7 +201,8 @@ async def test_dlq_refusals_are_one_line_with_a_non_zero_exit(
     )
 
     assert (empty.code, empty.out) == (0, f"no dead letters in {topics.dlq}\n")
-    assert "unknown service 'nosuch'" in one_line_refusal(unknown)
+    for refused in (unknown, list_unknown):
+        assert "unknown service 'nosuch'" in one_line_refusal(refused)
     assert f"no dead letter 0:99 in {topics.dlq}" in one_line_refusal(no_such_id)
     assert "not a dead-letter id" in one_line_refusal(bad_id, code=2)
     for unreachable in (list_nowhere, redrive_nowhere):
