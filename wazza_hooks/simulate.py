@@ -81,6 +81,8 @@ class GivenUp:
     """The event's type."""
     last: str
     """The last attempt's answer (`HTTP 503`, `no answer (timeout)`)."""
+    attempts: int
+    """How many attempts were made."""
     maybe_landed: bool
     """True when an attempt may have been published all the same (a 5xx or no answer)."""
 
@@ -131,7 +133,7 @@ class Tally:
         out: dict[str, dict[int, str]] = {}
         for g in self.given_up:
             if g.maybe_landed and g.index not in self.landed.get(g.job_id, ()):
-                why = f"given up after {ATTEMPTS} attempts (last: {g.last})"
+                why = f"given up after {g.attempts} attempts (last: {g.last})"
                 out.setdefault(g.job_id, {})[g.index] = why
         return out
 
@@ -316,7 +318,14 @@ class Simulation:
             maybe = maybe or _maybe_published(last)
         event = plan.events[index]
         self.tally.given_up.append(
-            GivenUp(plan.job_id, index, event.event_type, sender.describe(last), maybe)
+            GivenUp(
+                plan.job_id,
+                index,
+                event.event_type,
+                sender.describe(last),
+                self.options.attempts,
+                maybe,
+            )
         )
 
 

@@ -48,10 +48,27 @@ class DevStack:
     """The completion, failure and progress services' /metrics ports."""
     process: Running
     """The `wazza-hooks dev` process."""
+    bootstrap_servers: str
+    """The stack's broker."""
+    store_url: str
+    """The consumers' store (./var/wazza.db in `folder`)."""
 
-    async def hooks(self, *args: str | int | float | Path, seconds: float = 60.0) -> Result:
-        """`wazza-hooks ARGS` in the stack's folder, with no WAZZA_/KAFKA_ variables set."""
-        return await hooks(*args, cwd=self.folder, seconds=seconds)
+    @property
+    def env(self) -> dict[str, str]:
+        """What an operator command (`replay`, `dlq`) needs to find this stack's broker and
+        store: `await stack.hooks("replay", ..., **stack.env)`."""
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "KAFKA_ENABLE_IDEMPOTENCE": "false",
+            "DATABASE_URL": self.store_url,
+        }
+
+    async def hooks(
+        self, *args: str | int | float | Path, seconds: float = 60.0, **env: str
+    ) -> Result:
+        """`wazza-hooks ARGS` in the stack's folder, with no WAZZA_/KAFKA_ variables set but
+        `env`: the sender commands find the secret and the store by their defaults."""
+        return await hooks(*args, cwd=self.folder, seconds=seconds, **env)
 
     async def consumer_events(self) -> dict[tuple[str, str], float]:
         """(event type, outcome) -> count, summed over the three services' /metrics."""
@@ -118,7 +135,9 @@ async def dev_stack(tmp_path: Path) -> AsyncIterator[DevStack]:
             if dev.proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the consumers never got their partitions\n{dev.output()}")
             await asyncio.sleep(0.2)
-        yield DevStack(tmp_path, url, ports, dev)
+        yield DevStack(
+            tmp_path, url, ports, dev, f"127.0.0.1:{broker_port}", f"sqlite:///{var}/wazza.db"
+        )
         dev.proc.send_signal(signal.SIGINT)
         assert await dev.wait_exit(30) == 0, dev.output()
 
@@ -149,4 +168,5 @@ async def test_2000_jobs_sent_like_wazza_with_duplicates_and_reordering_end_as_e
         assert events.get(("job.processing", "duplicate"), 0) > 0, events
         assert events.get(("job.completed", "duplicate"), 0) > 0, events
         assert events.get(("job.processing", "stale"), 0) > 0, events
-        # Extension point: `replay --from-beginning` for each service, then verify again.
+        # Extension point: `replay --from-beginning` for each service (with **stack.env), then
+        # verify again.
