@@ -20,12 +20,16 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
 
 from . import sender
+
+if TYPE_CHECKING:  # the engines are imported by the command that runs them, not at start
+    from .sender_plan import JobPlan
+    from .simulate import Tally
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/wazza.db"
 DEFAULT_API_BASE = "https://api.wazza.ai"
@@ -272,12 +276,24 @@ def run_sender(args: argparse.Namespace) -> int:
         print(f"wazza-hooks {args.command}: {exc}", file=sys.stderr)
         return 1
     except (StoreError, sqlite3.Error) as exc:
-        from .jobs_cli import redacted
-
-        url = redacted(_database_url(args))
-        print(f"wazza-hooks {args.command}: cannot read the store at {url}: {exc}", file=sys.stderr)
+        _store_problem(args, exc)
+        return 1
+    except Exception as exc:
+        # asyncpg's own errors (a server going away mid-read, ...) are a store problem to report
+        # in one line, as `jobs` does; anything else is a bug and shows its traceback.
+        if not type(exc).__module__.startswith("asyncpg"):
+            raise
+        _store_problem(args, exc)
         return 1
     return 2
+
+
+def _store_problem(args: argparse.Namespace, exc: BaseException) -> None:
+    from .jobs_cli import redacted
+
+    url = redacted(_database_url(args))
+    message = str(exc) if url in str(exc) else f"cannot read the store at {url}: {exc}"
+    print(f"wazza-hooks {args.command}: {message}", file=sys.stderr)
 
 
 # --- send-test --------------------------------------------------------------------------------
@@ -361,7 +377,7 @@ def _simulate(args: argparse.Namespace) -> int:
     expectations = [
         expect_job(p, tally.landed[p.job_id], in_doubt.get(p.job_id, {})) for p in plans
     ]
-    _summary(args, plans, tally, seed)
+    _summary(plans, tally, seed)
     if args.expect is not None:
         from .jobs_cli import iso_time
 
@@ -384,11 +400,13 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(args: argparse.Namespace, plans: list[Any], tally: Any, seed: int) -> None:
+def _summary(plans: list[JobPlan], tally: Tally, seed: int) -> None:
     distinct = sum(len(p.events) for p in plans)
     reordered = sum(1 for p in plans if p.reordered)
     p50, p99 = tally.percentile(0.5), tally.percentile(0.99)
-    ms = "-" if p50 is None else f"p50 {p50 * 1000:.1f} ms  p99 {p99 * 1000:.1f} ms"
+    ms = "-"
+    if p50 is not None and p99 is not None:
+        ms = f"p50 {p50 * 1000:.1f} ms  p99 {p99 * 1000:.1f} ms"
     answers = ", ".join(f"{k}: {v}" for k, v in sorted(tally.statuses.items()))
     lines = [
         f"simulate: {len(plans)} jobs, {tally.planned} webhooks ({distinct} events, "
