@@ -322,7 +322,7 @@ async def _dlq_list(args: argparse.Namespace, settings: ConsumerSettings) -> int
         who = f" of {args.service}" if args.service else ""
         sys.stdout.write(f"no dead letters{who} in {settings.dlq_topic}\n")
         return 0
-    sys.stdout.write("".join(_letter_text(r) for r in records))
+    sys.stdout.write("".join(_letter_text(r, settings.raw_topic) for r in records))
     return 0
 
 
@@ -431,7 +431,7 @@ def _letter_json(record: DeadLetterRecord) -> dict[str, Any]:
     }
 
 
-def _letter_text(record: DeadLetterRecord) -> str:
+def _letter_text(record: DeadLetterRecord, raw_topic: str) -> str:
     doc = _letter_json(record)
     original = doc["original"]
     redriven = doc["redriven"]
@@ -441,7 +441,8 @@ def _letter_text(record: DeadLetterRecord) -> str:
         redrive = f"interrupted at {redriven['requestedAt']} (redrive it again to finish)"
     else:
         raw = redriven["raw"]
-        redrive = f"{redriven['publishedAt']} -> [{raw['partition']}]@{raw['offset']}"
+        where = "" if raw is None else f" -> {raw_topic}[{raw['partition']}]@{raw['offset']}"
+        redrive = f"{redriven['publishedAt']}{where}"
     error = (
         "(unreadable dead-letter headers)"
         if doc["errorClass"] is None
