@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import orjson
@@ -19,6 +19,7 @@ from wazza_hooks.localbroker import free_port
 from wazza_hooks.sender_expect import expect_job, write_expect
 from wazza_hooks.sender_plan import JobPlan, PlanOptions, make_plan
 
+from ..postgres import fresh_database
 from .commands import Result, hooks
 from .standin import receiver, registration_api
 
@@ -279,6 +280,18 @@ async def test_simulate_refuses_bad_options(tmp_path: Path, argv: list[str]) -> 
 # --- verify -------------------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_server: str
+) -> AsyncIterator[str]:
+    """A fresh store's URL: a SQLite file, or a PostgreSQL database of the test's own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/wazza.db"
+        return
+    async with fresh_database(postgres_server) as dsn:
+        yield dsn
+
+
 def records(plans: Sequence[JobPlan], event_type: str) -> list[Record]:
     """Every delivery of these jobs of one event type, as raw-topic records."""
     out = []
@@ -318,9 +331,11 @@ def planned(tmp_path: Path, jobs: int = 30) -> tuple[list[JobPlan], Path]:
     return plans, path
 
 
-async def test_verify_passes_when_the_store_holds_every_expected_state(tmp_path: Path) -> None:
+async def test_verify_passes_when_the_store_holds_every_expected_state(
+    tmp_path: Path, store_url: str
+) -> None:
     plans, expect = planned(tmp_path)
-    url = f"sqlite:///{tmp_path / 'wazza.db'}"
+    url = store_url
     store = await open_store(url)
     try:
         # Terminal events first, progress last: the arrival order must not matter.
@@ -336,9 +351,9 @@ async def test_verify_passes_when_the_store_holds_every_expected_state(tmp_path:
     assert "verify: 30 jobs, 30 match, 0 differ" in result.out
 
 
-async def test_verify_prints_every_difference_and_exits_1(tmp_path: Path) -> None:
+async def test_verify_prints_every_difference_and_exits_1(tmp_path: Path, store_url: str) -> None:
     plans, expect = planned(tmp_path)
-    url = f"sqlite:///{tmp_path / 'wazza.db'}"
+    url = store_url
     store = await open_store(url)
     try:
         await apply(store, plans, "progress", "job.processing")
@@ -358,9 +373,11 @@ async def test_verify_prints_every_difference_and_exits_1(tmp_path: Path) -> Non
     assert "verify: 30 jobs, 20 match, 10 differ" in result.out
 
 
-async def test_verify_wait_keeps_looking_until_the_consumers_catch_up(tmp_path: Path) -> None:
+async def test_verify_wait_keeps_looking_until_the_consumers_catch_up(
+    tmp_path: Path, store_url: str
+) -> None:
     plans, expect = planned(tmp_path)
-    url = f"sqlite:///{tmp_path / 'wazza.db'}"
+    url = store_url
     store = await open_store(url)
     try:
         await apply(store, plans, "progress", "job.processing")
