@@ -23,18 +23,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import orjson
 
 from . import sender
+from .sender_register import DEFAULT_API_BASE, register_webhook
 
 if TYPE_CHECKING:  # the engines are imported by the command that runs them, not at start
     from .sender_plan import JobPlan
     from .simulate import Tally
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/wazza.db"
-DEFAULT_API_BASE = "https://api.wazza.ai"
-# Wazza's API is remote; ten seconds is ample for one small POST and short enough for a human.
-REGISTER_TIMEOUT_SECONDS = 10.0
 _SHORT_EVENTS = {
     "completed": "job.completed",
     "failed": "job.failed",
@@ -498,7 +495,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 async def _register(args: argparse.Namespace) -> int:
     url = sender.check_url(args.url)
-    api_base = sender.check_url(args.api_base).rstrip("/")
+    api_base = sender.check_url(args.api_base)
     key = args.api_key or os.environ.get("WAZZA_API_KEY", "").strip()
     if not key:
         raise sender.SenderError("no API key: pass --api-key or set WAZZA_API_KEY")
@@ -509,44 +506,7 @@ async def _register(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     events = list(dict.fromkeys(args.events))
-    endpoint = f"{api_base}/v1/webhooks"
-    payload = {"url": url, "events": events, "secret": secret.value}
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    timeout = aiohttp.ClientTimeout(total=REGISTER_TIMEOUT_SECONDS)
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(
-                endpoint, data=orjson.dumps(payload), headers=headers, timeout=timeout
-            ) as resp,
-        ):
-            status = resp.status
-            body = await resp.read()
-    except TimeoutError:
-        raise sender.SenderError(
-            f"no answer from {endpoint} within {REGISTER_TIMEOUT_SECONDS:g} s"
-        ) from None
-    except aiohttp.ClientError as exc:
-        problem = (
-            "connection refused"
-            if isinstance(getattr(exc, "os_error", None), ConnectionRefusedError)
-            else str(exc) or type(exc).__name__
-        )
-        raise sender.SenderError(f"cannot reach {endpoint}: {problem}") from None
-    text = body.decode(errors="replace").strip()
-    if status in (401, 403):
-        raise sender.SenderError(f"the API refused the key (HTTP {status}): {text[:300]}")
-    if not 200 <= status < 300:
-        raise sender.SenderError(f"the API answered HTTP {status}: {text[:300]}")
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        doc = None
-    webhook_id = doc.get("id") if isinstance(doc, dict) else None
-    if not isinstance(webhook_id, str | int) or isinstance(webhook_id, bool) or webhook_id == "":
-        raise sender.SenderError(
-            f"the API answered HTTP {status} without a webhook id: {text[:300]}"
-        )
+    webhook_id = await register_webhook(api_base, key, url, events, secret.value)
     print(f"registered {url} for {', '.join(events)}", file=sys.stderr)
     print(webhook_id)
     return 0
