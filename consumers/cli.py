@@ -42,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("service", help="completion, failure, progress or package.module:name")
     parser.add_argument(
-        "--metrics-port", type=int, default=None, help="Prometheus /metrics port (0: none)"
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="port of /metrics, /healthz and /readyz (default 9101-9103 by service, else 9100; "
+        "0: none)",
     )
     parser.add_argument("--metrics-host", default="127.0.0.1")
     args = parser.parse_args(argv)
@@ -67,18 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     from wazza_hooks.logs import setup_logging
 
     setup_logging(f"consumer-{service.name}")
-    if port:
-        from prometheus_client import start_http_server
-
-        try:
-            start_http_server(port, addr=args.metrics_host)
-        except OSError as exc:
-            print(f"wazza-consumer: metrics port {port}: {exc.strerror or exc}", file=sys.stderr)
-            return 1
-    return asyncio.run(_run(service, settings))
+    return asyncio.run(_run(service, settings, args.metrics_host, port))
 
 
-async def _run(service: object, settings: object) -> int:
+async def _run(service: object, settings: object, host: str, port: int) -> int:
+    from .health import HealthServer
     from .runtime import ConsumerRuntime
     from .service import Service
     from .settings import ConsumerSettings
@@ -90,15 +87,27 @@ async def _run(service: object, settings: object) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    server = HealthServer(host, port)
+    if port:
+        try:
+            await server.start()
+        except OSError as exc:
+            print(f"wazza-consumer: metrics port {port}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     try:
-        store = await open_store(settings.database_url)
-    except StoreError as exc:
-        print(f"wazza-consumer: {exc}", file=sys.stderr)
-        return 1
-    try:
-        await ConsumerRuntime(service, settings, store).run(stop)
+        try:
+            store = await open_store(settings.database_url)
+        except StoreError as exc:
+            print(f"wazza-consumer: {exc}", file=sys.stderr)
+            return 1
+        try:
+            runtime = ConsumerRuntime(service, settings, store)
+            server.runtime = runtime
+            await runtime.run(stop)
+        finally:
+            await store.close()
     finally:
-        await store.close()
+        await server.stop()
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import signal
@@ -224,6 +225,19 @@ async def metric(port: int, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+async def probe(port: int, path: str) -> tuple[int, Any]:
+    """The status and JSON body of a GET of the process's health endpoint."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}{path}", timeout=aiohttp.ClientTimeout(total=2)) as r,
+    ):
+        return r.status, await r.json()
+
+
+async def probe_is(port: int, path: str, expected: tuple[int, Any]) -> bool:
+    return await probe(port, path) == expected
 
 
 # --- the broker and the store -----------------------------------------------------------------
@@ -643,12 +657,25 @@ async def test_a_store_outage_is_waited_out_by_the_same_process_and_skips_nothin
                 procs,
             )
 
+        for port in ports:
+            assert await probe(port, "/readyz") == (200, {"status": "ready"})
         async with store_down(store_url, postgres_server):
             started = time.monotonic()
             for chunk in (during[: len(during) // 2], during[len(during) // 2 :]):
                 await publish(broker.bootstrap_servers, topics.raw, chunk)
                 await asyncio.sleep(OUTAGE_SECONDS / 2)
             assert_still_running(procs)
+            # Not ready while its batches fail on the store; alive all the same (a restart
+            # would not bring the database back).
+            not_ready = (503, {"status": "not_ready", "reason": "store_unavailable"})
+            for port in ports:
+                await eventually(
+                    functools.partial(probe_is, port, "/readyz", not_ready),
+                    OUTAGE_SECONDS,
+                    "/readyz saying the store is unavailable",
+                    procs,
+                )
+                assert await probe(port, "/healthz") == (200, {"status": "ok"})
             await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - started)))
 
         await publish(broker.bootstrap_servers, topics.raw, last)
@@ -663,6 +690,8 @@ async def test_a_store_outage_is_waited_out_by_the_same_process_and_skips_nothin
             await assert_each_event_applied_once(store, workload, services)
         assert_still_running(procs)
         assert [p.pid for p in procs] == pids
+        for port in ports:
+            assert await probe(port, "/readyz") == (200, {"status": "ready"})
         for proc, port in zip(procs, ports, strict=True):
             # The outage was seen (batches failed on the store and were retried), not slept
             # through, and nothing escaped as a crash report.
