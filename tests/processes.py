@@ -70,11 +70,12 @@ class Running:
     leaves nothing behind.
     """
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
         self.argv = argv
         self.proc = subprocess.Popen(
             argv,
             env=env,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -176,10 +177,12 @@ class Running:
 
 
 @contextlib.contextmanager
-def running(argv: list[str], env: dict[str, str] | None = None) -> Iterator[Running]:
-    """Start a command (in the tests' subprocess environment unless `env` is given); kill it
-    and its descendants on the way out, whatever happened."""
-    proc = Running(argv, env if env is not None else subprocess_env())
+def running(
+    argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> Iterator[Running]:
+    """Start a command (in the tests' subprocess environment unless `env` is given, in `cwd`
+    if given); kill it and its descendants on the way out, whatever happened."""
+    proc = Running(argv, env if env is not None else subprocess_env(), cwd)
     try:
         yield proc
     finally:

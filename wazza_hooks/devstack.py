@@ -8,6 +8,7 @@ generated once and kept in `./var/dev-secret`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import signal
@@ -21,6 +22,9 @@ from typing import IO, Any
 
 from .localbroker import LocalBroker, port_in_use
 from .topics import DEFAULT_PARTITIONS, default_topics, ensure_topics
+
+# The store the jobs and sender commands read by default: the same file.
+DEFAULT_STORE = "sqlite:///./var/wazza.db"
 
 _COLOURS = {
     "broker": "\033[35m",
@@ -51,7 +55,7 @@ def add_dev_parser(sub: Any) -> None:
     dev.add_argument("--var", type=Path, default=Path("var"), help="state folder (./var)")
     dev.add_argument(
         "--store",
-        default="sqlite:///./var/wazza.db",
+        default=DEFAULT_STORE,
         help="the consumers' DATABASE_URL (default sqlite:///./var/wazza.db)",
     )
     dev.add_argument(
@@ -164,6 +168,13 @@ def run_dev(args: argparse.Namespace) -> int:
 def _banner(args: argparse.Namespace, bootstrap: str) -> None:
     url = f"http://127.0.0.1:{args.port}/api/webhooks/wazza"
     secret_file = args.var / "dev-secret"
+    hooks = _own_command("wazza-hooks")
+    # The sender commands find the URL, the secret and the store by themselves when this runs
+    # with its defaults from the current folder; otherwise they are spelled out.
+    to = "" if args.port == 8080 else f" --url {url}"
+    if args.var != Path("var"):
+        to += f' --secret "$(cat {secret_file})"'
+    store = "" if args.store == DEFAULT_STORE else f"DATABASE_URL={args.store} "
     print(
         "\n".join(
             [
@@ -175,19 +186,30 @@ def _banner(args: argparse.Namespace, bootstrap: str) -> None:
                 f"  metrics          http://127.0.0.1:{args.port}/metrics (ingester), "
                 f"ports {args.metrics_port}-{args.metrics_port + 2} (consumers)",
                 f"  store            {args.store}",
-                "  send a signed test event:",
-                f"    SECRET=$(cat {secret_file}); TS=$(date +%s)",
-                '    BODY=\'{"event":"job.completed","jobId":"job_abc123","status":"completed",'
-                '"timestamp":"2025-10-22T10:30:00Z"}\'',
-                '    SIG=$(printf \'%s.%s\' "$TS" "$BODY" | openssl dgst -sha256 -hmac "$SECRET" '
-                "| sed 's/^.* //')",
-                f'    curl -s {url} -H "Content-Type: application/json" '
-                '-H "X-Wazza-Timestamp: $TS" -H "X-Wazza-Signature: $SIG" -d "$BODY"',
+                "  send a signed test event, as Wazza would:",
+                f"    {hooks} send-test --event completed --job-id job_abc123{to}",
                 "  see the result:",
-                f"    DATABASE_URL={args.store} .venv/bin/wazza-hooks jobs show job_abc123",
+                f"    {store}{hooks} jobs show job_abc123",
+                "  send 100 jobs like Wazza (progress, then completed or failed), and check them:",
+                f"    {hooks} simulate --jobs 100 --duplicates 0.1 --reorder 0.1"
+                f"{to} --expect {args.var}/expect.json",
+                f"    {store}{hooks} verify --expect {args.var}/expect.json --wait 10",
                 "  Ctrl-C stops everything.",
                 "",
             ]
         ),
         flush=True,
     )
+
+
+def _own_command(name: str) -> str:
+    """How to run one of this installation's commands from the current folder: its path beside
+    the running Python (`.venv/bin/wazza-hooks` after `make run`), else its bare name."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        return name
+    with contextlib.suppress(ValueError):
+        relative = Path(os.path.relpath(path))
+        if relative.parts[0] != "..":
+            return str(relative)
+    return str(path)

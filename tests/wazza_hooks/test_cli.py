@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import signal
 import stat
 import subprocess
@@ -63,6 +64,18 @@ def tansu_on(port: int) -> set[int]:
 
 def hooks(*args: str | int | Path) -> list[str]:
     return [str(BIN / "wazza-hooks"), *map(str, args)]
+
+
+def shell(line: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A command line as printed for a person, run by bash in `cwd`."""
+    return subprocess.run(
+        ["bash", "-c", line],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=REFUSAL_SECONDS,
+    )
 
 
 def run(argv: list[str], timeout: float = REFUSAL_SECONDS) -> subprocess.CompletedProcess[str]:
@@ -176,9 +189,10 @@ async def test_dev_runs_a_stack_that_takes_a_signed_webhook_and_stops_whole_on_c
     tmp_path: Path,
 ) -> None:
     port, broker_port = two_free_ports()
-    var = tmp_path / "var"
+    var = tmp_path / "var"  # the default ./var of the folder it runs in, as make run's
     url = f"http://127.0.0.1:{port}/api/webhooks/wazza"
-    with running(hooks("dev", "--port", port, "--broker-port", broker_port, "--var", var)) as dev:
+    dev_argv = hooks("dev", "--port", port, "--broker-port", broker_port)
+    with running(dev_argv, cwd=tmp_path) as dev:
         await dev.wait_for_stdout(url, START_SECONDS)
         secret_file = var / "dev-secret"
         assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
@@ -205,6 +219,24 @@ async def test_dev_runs_a_stack_that_takes_a_signed_webhook_and_stops_whole_on_c
                 assert resp.status == 200, await resp.text()
         records = await read_topic(f"127.0.0.1:{broker_port}", contract.RAW_TOPIC, expect=1)
         assert [r.value for r in records] == [body]
+
+        # The commands the banner prints, pasted as a person would, in the same folder.
+        said = dev.stdout.splitlines()
+        send = next(line.strip() for line in said if " send-test " in line)
+        show = next(line.strip() for line in said if " jobs show " in line)
+        sent = shell(send, tmp_path)
+        assert sent.returncode == 0, sent
+        assert "HTTP 200" in sent.stdout, sent
+
+        def shown_completed() -> bool:
+            shown = shell(f"{show} --json", tmp_path)
+            return shown.returncode == 0 and json.loads(shown.stdout)["status"] == "completed"
+
+        await wait_until(
+            shown_completed,
+            START_SECONDS,
+            "the banner's test event applied and shown by the banner's jobs command",
+        )
 
         stack = dev.descendants()
         assert len(stack) >= 2, f"expected the broker and the ingester, found {stack}"
