@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import orjson
 
 from consumers.jobs import JOB_COLUMNS, row_to_state
+from consumers.state import JobState
 from consumers.store import Store, StoreError, Tx, open_store
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/wazza.db"
@@ -236,6 +237,16 @@ def _job_of(row: Sequence[Any]) -> _Job:
     state = row_to_state(row)
     return {
         "jobId": state.job_id,
+        **state_fields(state),
+        "createdAt": iso_time(row[13]),
+        "updatedAt": iso_time(row[14]),
+    }
+
+
+def state_fields(state: JobState) -> dict[str, Any]:
+    """The fields of the `jobs show --json` object that the order rules decide, in the
+    documented order (the expect file of `simulate` holds the same; `sender_expect`)."""
+    return {
         "status": state.status,
         "percent": state.percent,
         "stage": state.stage,
@@ -245,8 +256,6 @@ def _job_of(row: Sequence[Any]) -> _Job:
         "metadata": state.metadata,
         "lastProgressAt": iso_time(state.last_progress_ms),
         "finishedAt": iso_time(state.finished_ms),
-        "createdAt": iso_time(row[13]),
-        "updatedAt": iso_time(row[14]),
     }
 
 

@@ -89,19 +89,9 @@ def state_json(state: JobState | None) -> State | None:
     """A job state in the form of `jobs show --json` (the fields the rules decide)."""
     if state is None:
         return None
-    from .jobs_cli import iso_time
+    from .jobs_cli import state_fields
 
-    return {
-        "status": state.status,
-        "percent": state.percent,
-        "stage": state.stage,
-        "estimatedTimeRemaining": state.eta_seconds,
-        "output": state.output,
-        "error": state.error,
-        "metadata": state.metadata,
-        "lastProgressAt": iso_time(state.last_progress_ms),
-        "finishedAt": iso_time(state.finished_ms),
-    }
+    return state_fields(state)
 
 
 @dataclass(frozen=True, slots=True)
