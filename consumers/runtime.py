@@ -150,7 +150,16 @@ class ConsumerRuntime:
         finally:
             # Leaves the group, so its partitions move at once; also closes a client that never
             # started (stopped while the broker was unreachable).
-            await self._consumer.stop()
+            try:
+                await self._consumer.stop()
+            except asyncio.CancelledError:
+                # aiokafka's fetcher, closing, awaits a fetch it cancelled; one that was backing
+                # off after a broker error raises that cancellation out of stop() (the broker
+                # went away first). Not ours: go on closing, unless this task is cancelled.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                log.info("the consumer closed while its broker was unreachable")
             await self._producer.stop()
             self._joined = False
             metrics.ASSIGNED.labels(self.service.name).set(0)

@@ -110,6 +110,9 @@ class LocalBroker:
             stdout=self._log if self._log is not None else subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             env=env,
+            # Its own process group: a Ctrl-C in the terminal reaches its owner, which stops it
+            # last, after the clients (consumers leaving their groups) have stopped.
+            start_new_session=True,
         )
         deadline = time.monotonic() + _START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import signal
 import stat
 import subprocess
@@ -126,7 +127,7 @@ async def test_broker_serves_the_three_topics_and_takes_tansu_along_on_ctrl_c() 
         counts = await partition_counts(f"127.0.0.1:{port}", DEFAULT_TOPICS)
         assert counts == dict.fromkeys(DEFAULT_TOPICS, 5)
 
-        broker.proc.send_signal(signal.SIGINT)
+        os.killpg(broker.pid, signal.SIGINT)  # Ctrl-C in its terminal
         assert await broker.wait_exit(15) == 0, broker.output()
     left = {pid for pid in tansu if alive(pid)}
     assert not left, f"Tansu still running after the command exited: {left}"
@@ -247,8 +248,12 @@ async def test_dev_runs_a_stack_that_takes_a_signed_webhook_and_stops_whole_on_c
         assert second.returncode == 1, second
         assert "probably running" in second.stderr
 
-        dev.proc.send_signal(signal.SIGINT)
+        # Ctrl-C in a terminal: SIGINT to its whole process group at once.
+        os.killpg(dev.pid, signal.SIGINT)
         assert await dev.wait_exit(30) == 0, dev.output()
+        # Every part stopped in order (the broker last): no crash report on the way out.
+        assert "Traceback" not in dev.output(), dev.output()
+        assert "Unclosed" not in dev.output(), dev.output()
     await wait_until(
         lambda: not port_in_use("127.0.0.1", port) and not port_in_use("127.0.0.1", broker_port),
         2,

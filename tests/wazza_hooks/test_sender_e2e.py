@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sqlite3
 import time
@@ -22,11 +23,11 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import BIN
+from tests.commands import Result, hooks
+from tests.conftest import BIN, subprocess_env
 from wazza_hooks.localbroker import free_port, port_in_use
 
 from ..processes import Running, running
-from .commands import Result, hooks
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +71,7 @@ class DevStack:
     ) -> Result:
         """`wazza-hooks ARGS` in the stack's folder, with no WAZZA_/KAFKA_ variables set but
         `env`: the sender commands find the secret and the store by their defaults."""
-        return await hooks(*args, cwd=self.folder, seconds=seconds, **env)
+        return await hooks(*args, env=subprocess_env(**env), cwd=self.folder, seconds=seconds)
 
     async def consumer_events(self) -> dict[tuple[str, str], float]:
         """(event type, outcome) -> count, summed over the three services' /metrics."""
@@ -140,8 +141,12 @@ async def dev_stack(tmp_path: Path) -> AsyncIterator[DevStack]:
         yield DevStack(
             tmp_path, url, ports, dev, f"127.0.0.1:{broker_port}", f"sqlite:///{var}/wazza.db"
         )
-        dev.proc.send_signal(signal.SIGINT)
+        # Ctrl-C in a terminal: SIGINT to its whole process group at once.
+        os.killpg(dev.pid, signal.SIGINT)
         assert await dev.wait_exit(30) == 0, dev.output()
+        # Every part stopped in order (the broker last): no crash report on the way out.
+        assert "Traceback" not in dev.output(), dev.output()
+        assert "Unclosed" not in dev.output(), dev.output()
 
 
 async def test_2000_jobs_sent_like_wazza_with_duplicates_and_reordering_end_as_expected(
