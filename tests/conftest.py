@@ -15,6 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from consumers.store import Store, open_store
 from ingest.settings import IngestSettings
 from wazza_hooks.localbroker import LocalBroker
 from wazza_hooks.topics import ensure_topics
@@ -163,3 +164,28 @@ async def postgres_dsn(postgres_server: str) -> AsyncIterator[str]:
 
     async with fresh_database(postgres_server) as dsn:
         yield dsn
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_server: str
+) -> AsyncIterator[str]:
+    """A fresh store's URL: a SQLite file, or a PostgreSQL database of the test's own. Every
+    test that takes it (or `store`) runs against both databases."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/wazza.db"
+        return
+    from .postgres import fresh_database
+
+    async with fresh_database(postgres_server) as dsn:
+        yield dsn
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    """The store at `store_url`, migrated."""
+    opened = await open_store(store_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()

@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import re
 import socket
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,12 +18,11 @@ import pytest
 from consumers.batch import Record, apply_batch
 from consumers.service import BUILTIN
 from consumers.store import Store
+from tests.commands import Result, hooks
 from tests.conftest import subprocess_env
 from wazza_hooks import contract
 
 from .helpers import body, completed, envelope_of, failed, progress, rows
-
-COMMAND_SECONDS = 30.0
 
 OUTPUT_A = {
     "url": "https://cdn.wazza.ai/outputs/job-a.mp4",
@@ -35,38 +33,6 @@ OUTPUT_A = {
 }
 METADATA = {"provider": "openai", "model": "sora-2-pro", "creditsUsed": 15}
 ERROR = {"code": "CONTENT_POLICY_VIOLATION", "message": "Content violates safety policy"}
-
-
-@dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return orjson.loads(self.out)
-
-
-async def hooks(*args: str, env: dict[str, str], cwd: Path) -> Result:
-    """Run `python -m wazza_hooks.cli ARGS` to its end."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "wazza_hooks.cli",
-        *args,
-        env=env,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), COMMAND_SECONDS)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
 
 
 def iso(ms: int | None) -> str | None:

@@ -1,63 +1,21 @@
-"""What the replay and dead-letter tests share: the store fixture over both databases, the
-command run as the operator runs it, and snapshots of everything a replay must leave alone."""
+"""What the replay and dead-letter tests share: the environment the operator commands run in,
+their refusals, and snapshots of everything a replay must leave alone."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from consumers.settings import ConsumerSettings
-from consumers.store import Store, open_store
-from tests.conftest import ROOT, subprocess_env
+from consumers.store import Store
+from tests.commands import Result
+from tests.conftest import subprocess_env
 from tests.consumers.helpers import rows
-from tests.postgres import fresh_database
-
-# A command's own work takes well under a second; the rest is the interpreter starting on a
-# loaded 2-core machine.
-COMMAND_SECONDS = 60.0
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store_url(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_server: str
-) -> AsyncIterator[str]:
-    """A fresh store's URL: a SQLite file, or a PostgreSQL database of the test's own."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/wazza.db"
-        return
-    async with fresh_database(postgres_server) as dsn:
-        yield dsn
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    """The store at `store_url`, migrated."""
-    opened = await open_store(store_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
-@dataclass(frozen=True)
-class Result:
-    """A finished command."""
-
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return orjson.loads(self.out)
 
 
 def env_for(settings: ConsumerSettings, database_url: str) -> dict[str, str]:
@@ -70,28 +28,6 @@ def env_for(settings: ConsumerSettings, database_url: str) -> dict[str, str]:
         WAZZA_DLQ_TOPIC=settings.dlq_topic,
         WAZZA_GROUP_PREFIX=settings.group_prefix,
     )
-
-
-async def hooks(*args: str, env: dict[str, str]) -> Result:
-    """Run `python -m wazza_hooks.cli ARGS` to its end (the event loop goes on meanwhile)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "wazza_hooks.cli",
-        *args,
-        env=env,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), COMMAND_SECONDS)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
 
 
 def one_line_refusal(result: Result, code: int = 1) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from consumers import JobEvent, Service, Tx
 from consumers.service import BUILTIN
 from consumers.store import Store, open_store
+from tests.commands import hooks
 from tests.conftest import make_topics, read_topic
 from tests.consumers.helpers import completed, history, ids, job, publish, rows
 from tests.consumers.test_runtime import counter, offsets_reach, running, settings_for, until
@@ -18,14 +19,7 @@ from wazza_hooks import contract
 from wazza_hooks.deadletters import H_REDRIVEN_FROM
 from wazza_hooks.localbroker import LocalBroker, free_port
 
-from .ops_helpers import (
-    env_for,
-    hooks,
-    iso,
-    one_line_refusal,
-    store,  # noqa: F401 - a fixture
-    store_url,  # noqa: F401 - a fixture
-)
+from .ops_helpers import env_for, iso, one_line_refusal
 
 
 def picky_service(broken: dict[str, bool]) -> Service:
@@ -46,15 +40,15 @@ def picky_service(broken: dict[str, bool]) -> Service:
     )
 
 
-async def applications(store: Store, job_id: str) -> int:  # noqa: F811
+async def applications(store: Store, job_id: str) -> int:
     found = await rows(store, "SELECT COUNT(*) FROM picked_log WHERE job_id = ?", job_id)
     return int(found[0][0])
 
 
 async def test_a_dead_letter_is_listed_then_redriven_once_for_its_service_only(
     broker: LocalBroker,
-    store: Store,  # noqa: F811 - the fixture
-    store_url: str,  # noqa: F811
+    store: Store,
+    store_url: str,
 ) -> None:
     topics = await make_topics(broker.bootstrap_servers, partitions=2)
     settings = settings_for(broker, topics)
@@ -157,7 +151,7 @@ async def test_a_dead_letter_is_listed_then_redriven_once_for_its_service_only(
     assert entry["redriven"]["publishedAt"] is not None
 
 
-async def _applied(store: Store, job_id: str) -> bool:  # noqa: F811
+async def _applied(store: Store, job_id: str) -> bool:
     return await applications(store, job_id) >= 1
 
 

@@ -16,11 +16,6 @@ from wazza_hooks.deadletters import (
     claim_redrive,
 )
 
-from .ops_helpers import (
-    store,  # noqa: F401 - a fixture
-    store_url,  # noqa: F401 - a fixture
-)
-
 DLQ = "t.dlq"
 BODY = completed("job_poison", "2025-10-22T10:30:00Z")
 EVENT = envelope_of(BODY).event_id
@@ -42,7 +37,7 @@ def letter(offset: int = 7) -> DeadLetterRecord:
     )
 
 
-async def took(store: Store, service: str, outcome: str) -> None:  # noqa: F811
+async def took(store: Store, service: str, outcome: str) -> None:
     """The service took the event (long ago): its dedup key and its history row."""
     async with store.transaction() as tx:
         await tx.execute(
@@ -62,24 +57,24 @@ async def took(store: Store, service: str, outcome: str) -> None:  # noqa: F811
         )
 
 
-async def keys(store: Store) -> dict[str, int]:  # noqa: F811
+async def keys(store: Store) -> dict[str, int]:
     found = await rows(
         store, "SELECT service, processed_ms FROM processed_events WHERE event_id = ?", EVENT
     )
     return {str(s): int(ms) for s, ms in found}
 
 
-async def outcomes(store: Store) -> dict[str, str]:  # noqa: F811
+async def outcomes(store: Store) -> dict[str, str]:
     found = await rows(store, "SELECT service, outcome FROM job_events WHERE event_id = ?", EVENT)
     return {str(s): str(o) for s, o in found}
 
 
-async def redrives(store: Store) -> list[tuple[int, bool]]:  # noqa: F811
+async def redrives(store: Store) -> list[tuple[int, bool]]:
     found = await rows(store, "SELECT dlq_offset, published_ms FROM dlq_redrives")
     return sorted((int(o), p is not None) for o, p in found)
 
 
-async def publish(store: Store, offset: int = 7) -> None:  # noqa: F811
+async def publish(store: Store, offset: int = 7) -> None:
     async with store.transaction() as tx:
         await tx.execute(
             "UPDATE dlq_redrives SET published_ms = 1, raw_partition = 0, raw_offset = 9 "
@@ -89,7 +84,7 @@ async def publish(store: Store, offset: int = 7) -> None:  # noqa: F811
 
 
 async def test_a_redrive_clears_its_services_key_and_refreshes_the_others(
-    store: Store,  # noqa: F811
+    store: Store,
 ) -> None:
     await took(store, "picky", "dead_lettered")
     await took(store, "completion", "applied")
@@ -108,7 +103,7 @@ async def test_a_redrive_clears_its_services_key_and_refreshes_the_others(
 
 
 async def test_an_interrupted_redrive_is_finished_by_the_next_and_never_clears_a_new_key(
-    store: Store,  # noqa: F811
+    store: Store,
 ) -> None:
     await took(store, "picky", "dead_lettered")
     assert await claim_redrive(store, DLQ, letter(), "picky", EVENT) == REDRIVEN
@@ -126,7 +121,7 @@ async def test_an_interrupted_redrive_is_finished_by_the_next_and_never_clears_a
 
 
 async def test_a_dead_letter_whose_event_was_taken_since_is_not_sent_and_leaves_no_trace(
-    store: Store,  # noqa: F811
+    store: Store,
 ) -> None:
     await took(store, "picky", "dead_lettered")
     assert await claim_redrive(store, DLQ, letter(7), "picky", EVENT) == REDRIVEN

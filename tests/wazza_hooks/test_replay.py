@@ -13,21 +13,13 @@ import orjson
 
 from consumers.service import BUILTIN
 from consumers.store import Store, open_store
+from tests.commands import hooks
 from tests.conftest import Topics, make_topics
 from tests.consumers.helpers import completed, failed, ids, progress, publish, rows
 from tests.consumers.test_runtime import counter, offsets_reach, running, settings_for, until
 from wazza_hooks.localbroker import LocalBroker, free_port
 
-from .ops_helpers import (
-    env_for,
-    hooks,
-    iso,
-    one_line_refusal,
-    snapshot,
-    store,  # noqa: F401 - a fixture
-    store_url,  # noqa: F401 - a fixture
-    stored,
-)
+from .ops_helpers import env_for, iso, one_line_refusal, snapshot, stored
 
 SERVICES = ("progress", "completion", "failure")
 
@@ -51,8 +43,8 @@ def of_type(bodies: list[bytes], event_type: str) -> int:
 
 async def test_replaying_a_running_service_changes_no_state_and_doubles_no_history(
     broker: LocalBroker,
-    store: Store,  # noqa: F811 - the fixture
-    store_url: str,  # noqa: F811
+    store: Store,
+    store_url: str,
 ) -> None:
     topics = await make_topics(broker.bootstrap_servers, partitions=2)
     early, late = workload("early"), workload("late")
@@ -142,7 +134,7 @@ async def test_replaying_a_running_service_changes_no_state_and_doubles_no_histo
     assert sorted(tuple(r) for r in taken) == sorted((i, "applied") for i in ids(busy))
 
 
-async def all_taken(store: Store, count: int) -> None:  # noqa: F811
+async def all_taken(store: Store, count: int) -> None:
     for service in SERVICES:
         await until(lambda s=service: offsets_reach(store, s, count), f"{service} done")  # type: ignore[misc]
 
@@ -151,7 +143,7 @@ async def duplicates_reach(service: str, event_type: str, before: float, count: 
     return counter(service, event_type, "duplicate") - before >= count
 
 
-async def offsets_are(store: Store, service: str, end: dict[str, dict[int, int]]) -> bool:  # noqa: F811
+async def offsets_are(store: Store, service: str, end: dict[str, dict[int, int]]) -> bool:
     return await stored(store, service) == end[service]
 
 

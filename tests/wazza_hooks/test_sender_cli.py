@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
@@ -14,13 +14,13 @@ import pytest
 from consumers.batch import Record, apply_batch
 from consumers.service import BUILTIN
 from consumers.store import Store, open_store
+from tests.commands import Result, hooks
+from tests.conftest import subprocess_env
 from wazza_hooks import contract
 from wazza_hooks.localbroker import free_port
 from wazza_hooks.sender_expect import expect_job, write_expect
 from wazza_hooks.sender_plan import JobPlan, PlanOptions, make_plan
 
-from ..postgres import fresh_database
-from .commands import Result, hooks
 from .standin import receiver, registration_api
 
 pytestmark = pytest.mark.slow
@@ -103,7 +103,7 @@ async def test_send_test_signs_with_the_first_of_the_ingesters_secrets(
     async with receiver(SECRET) as rec:
         result = await hooks(
             "send-test", "--event", event, "--url", rec.url, cwd=tmp_path,
-            WAZZA_WEBHOOK_SECRETS=f"{SECRET},an-older-one",
+            env=subprocess_env(WAZZA_WEBHOOK_SECRETS=f"{SECRET},an-older-one"),
         )  # fmt: skip
 
     assert result.code == 0, result
@@ -280,18 +280,6 @@ async def test_simulate_refuses_bad_options(tmp_path: Path, argv: list[str]) -> 
 # --- verify -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store_url(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_server: str
-) -> AsyncIterator[str]:
-    """A fresh store's URL: a SQLite file, or a PostgreSQL database of the test's own."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/wazza.db"
-        return
-    async with fresh_database(postgres_server) as dsn:
-        yield dsn
-
-
 def records(plans: Sequence[JobPlan], event_type: str) -> list[Record]:
     """Every delivery of these jobs of one event type, as raw-topic records."""
     out = []
@@ -362,7 +350,9 @@ async def test_verify_prints_every_difference_and_exits_1(tmp_path: Path, store_
     finally:
         await store.close()
 
-    result = await hooks("verify", "--expect", expect, cwd=tmp_path, DATABASE_URL=url)
+    result = await hooks(
+        "verify", "--expect", expect, cwd=tmp_path, env=subprocess_env(DATABASE_URL=url)
+    )
 
     assert result.code == 1, result
     for job in plans[20:]:
@@ -446,7 +436,8 @@ async def test_register_takes_the_key_and_secret_from_the_environment_and_all_ev
     async with registration_api("wz_env_key", "wh_1") as api:
         result = await hooks(
             "register", "--url", "https://hooks.example.com/w", "--api-base", api.base + "/",
-            cwd=tmp_path, WAZZA_API_KEY="wz_env_key", WAZZA_WEBHOOK_SECRETS=f"{SECRET},old",
+            cwd=tmp_path,
+            env=subprocess_env(WAZZA_API_KEY="wz_env_key", WAZZA_WEBHOOK_SECRETS=f"{SECRET},old"),
         )  # fmt: skip
 
     assert result.code == 0, result
@@ -491,7 +482,10 @@ async def test_register_refuses_what_it_cannot_do_in_one_line(
     argv = [a.replace("{port}", str(port)) for a in argv]
     dev_folder(tmp_path)  # a dev secret is never registered with the real API
 
-    result = await hooks("register", "--url", "https://h.example.com/w", *argv, cwd=tmp_path, **env)
+    result = await hooks(
+        "register", "--url", "https://h.example.com/w", *argv, cwd=tmp_path,
+        env=subprocess_env(**env),
+    )  # fmt: skip
 
     assert result.code == 1, result
     assert message in result.err
