@@ -81,11 +81,11 @@ def _parser() -> argparse.ArgumentParser:
 
     add_jobs_parser(sub)
 
-    from .sender_cli import add_sender_parsers
+    from .sender_args import add_sender_parsers
 
     add_sender_parsers(sub)
 
-    from .ops_cli import add_ops_parsers
+    from .ops_args import add_ops_parsers
 
     add_ops_parsers(sub)
     return parser

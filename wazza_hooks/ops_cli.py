@@ -11,6 +11,7 @@ WAZZA_DLQ_TOPIC, WAZZA_GROUP_PREFIX, KAFKA_ENABLE_IDEMPOTENCE), with `--database
 `--bootstrap-servers` on top. Exit codes: 0; 1 with one line on stderr when something cannot be
 reached or found (or a record could not be redriven); 2 for bad arguments. The `--json`
 formats are documented in README.md ("Replay and dead letters") and only ever gain fields.
+The options are in `ops_args`.
 """
 
 from __future__ import annotations
@@ -39,129 +40,6 @@ if TYPE_CHECKING:
     from .deadletters import DeadLetterRecord
 
 _T = TypeVar("_T")
-
-_REPLAY_EPILOG = """\
-examples:
-  wazza-hooks replay --service completion --from-beginning
-  wazza-hooks replay --service progress --from 2026-11-26T09:00:00Z
-  wazza-hooks replay --service deliveries --from 2026-11-26T09:00:00+01:00 --dry-run --json
-
-Lowers the service's offsets in the store; it may be running (it picks the replay up within
-about a second) or stopped (it does when it starts). Every record read again keeps its dedup
-key, so it counts as a duplicate: no state changes, no history row is added. Events applied
-longer ago than the dedup retention window would be applied again: the command refuses such
-a replay unless --allow-reapply is given.
-"""
-
-_DLQ_EPILOG = """\
-examples:
-  wazza-hooks dlq list
-  wazza-hooks dlq list --service completion --json
-  wazza-hooks dlq redrive --id 3:17 --id 5:2
-  wazza-hooks dlq redrive --service picky
-"""
-
-_REDRIVE_EPILOG = """\
-examples:
-  wazza-hooks dlq redrive --id 3:17          one dead letter (ids as `dlq list` prints them)
-  wazza-hooks dlq redrive --service picky    every dead letter of one service
-  wazza-hooks dlq redrive                    every dead letter not yet redriven
-
-Fix the cause first (deploy the handler that failed). Each dead letter is sent back to the raw
-topic for the service that gave it up, which applies it once; the other services drop the copy
-as a duplicate. Redriving a dead letter again does nothing.
-"""
-
-
-def add_ops_parsers(sub: Any) -> None:
-    """Register the operator subcommands."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--database-url",
-        default=None,
-        metavar="URL",
-        help="the consumers' store (default: $DATABASE_URL or sqlite:///./var/wazza.db)",
-    )
-    common.add_argument(
-        "--bootstrap-servers",
-        default=None,
-        metavar="HOSTS",
-        help="the brokers (default: $KAFKA_BOOTSTRAP_SERVERS or localhost:9092)",
-    )
-    common.add_argument(
-        "--json", action="store_true", help="print JSON in the documented, stable format"
-    )
-
-    replay = sub.add_parser(
-        "replay",
-        parents=[common],
-        help="move a service back over its history (harmless: effectively once)",
-        description="Re-read a service's history from the raw topic.",
-        epilog=_REPLAY_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    replay.add_argument(
-        "--service", required=True, help="the consumer service (completion, progress, ...)"
-    )
-    where = replay.add_mutually_exclusive_group(required=True)
-    where.add_argument(
-        "--from-beginning",
-        action="store_true",
-        help="every record the broker still holds",
-    )
-    where.add_argument(
-        "--from",
-        dest="since",
-        metavar="TIME",
-        help="what the service took at or after TIME (ISO-8601; UTC when no offset is given)",
-    )
-    replay.add_argument(
-        "--dry-run", action="store_true", help="print what would move; change nothing"
-    )
-    replay.add_argument(
-        "--allow-reapply",
-        action="store_true",
-        help="go on even when events older than the dedup window would be applied again",
-    )
-
-    dlq = sub.add_parser(
-        "dlq",
-        help="inspect and redrive dead-lettered records",
-        description="Inspect the dead-letter topic and send its records back.",
-        epilog=_DLQ_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
-    listing = actions.add_parser(
-        "list",
-        parents=[common],
-        help="every dead letter: why, from where, and whether it was redriven",
-        description=(
-            "Print every record of the dead-letter topic (read to its end, without a consumer "
-            "group): its id PARTITION:OFFSET, the service, the error, the original position, "
-            "the event and whether it was redriven."
-        ),
-        epilog="examples:\n  wazza-hooks dlq list\n  wazza-hooks dlq list --service picky --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    listing.add_argument("--service", help="only this service's dead letters")
-    redrive = actions.add_parser(
-        "redrive",
-        parents=[common],
-        help="send dead letters back to their service, once",
-        description="Send dead letters back to the service that gave them up.",
-        epilog=_REDRIVE_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    redrive.add_argument("--service", help="only this service's dead letters")
-    redrive.add_argument(
-        "--id",
-        dest="ids",
-        action="append",
-        default=[],
-        metavar="P:O",
-        help="only this dead letter (repeatable); ids as `dlq list` prints them",
-    )
 
 
 def run_ops(args: argparse.Namespace) -> int:
