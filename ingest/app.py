@@ -154,7 +154,10 @@ class WebhookHandler:
         settings = self._settings
         headers = request.headers
         if self._allowlist.enabled and not self._allowlist.allows(
-            request.remote, headers.get("X-Forwarded-For")
+            # Every line of the header, in order: a proxy may append its own line after one
+            # the client sent (HAProxy's forwardfor does), and the first alone is the client's.
+            request.remote,
+            ", ".join(headers.getall("X-Forwarded-For", ())) or None,
         ):
             fields["reason"] = "forbidden"
             return "forbidden", _refusal(403, "forbidden", "this address may not call")

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 
 from ingest.app import build_app
 from wazza_hooks import contract
@@ -50,7 +51,7 @@ async def serve(broker: LocalBroker, topics: Topics) -> AsyncIterator[ServerFact
         await server.close()
 
 
-async def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+async def post(url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
     async with ClientSession() as http, http.post(url, data=body, headers=headers) as resp:
         return resp.status, await resp.json(content_type=None)
 
@@ -247,6 +248,11 @@ async def test_the_allowlist_believes_forwarded_for_only_from_a_trusted_proxy(
     assert (await post(behind_proxy + url, body, signed("203.0.113.9")))[0] == 403
     # A client cannot smuggle an allowed address in front of its own.
     assert (await post(behind_proxy + url, body, signed(f"{sender_ip}, 203.0.113.9")))[0] == 403
+    # Nor in a header line of its own before the one its proxy appends (HAProxy's forwardfor
+    # adds a second line rather than extending the client's): every line counts, in order.
+    two_lines = CIMultiDict(signed(sender_ip))
+    two_lines.add("X-Forwarded-For", "203.0.113.9")
+    assert (await post(behind_proxy + url, body, two_lines))[0] == 403
     # Without a trusted proxy the header is ignored: the peer (127.0.0.1) is not allowed.
     assert (await post(no_proxy + url, body, signed(sender_ip)))[0] == 403
 
