@@ -46,7 +46,7 @@ class Service:
     tracks_jobs: bool = False
     """True for the built-in services that keep the `jobs` table: after each batch, terminal
     events that lost to a later one are marked conflict in the history."""
-    event_type_headers: frozenset[bytes] = field(default=frozenset())
+    event_type_headers: frozenset[bytes] = field(init=False, default=frozenset())
     """`event_types` as their record header values (what the skip test compares)."""
 
     def __init__(

@@ -140,15 +140,18 @@ def _progress(state: JobState, event: JobEvent) -> Decision:
     rank = progress_rank(event)
     if state.terminal or (state.progress_rank is not None and state.progress_rank >= rank):
         return Decision(STALE, state)
+    # The winning event alone says where the job is: a field it leaves out is unknown, not
+    # carried over from the event it outranks, which would make the result depend on which of
+    # the two arrived first (invariant 5).
     new = JobState(
         job_id=state.job_id,
         status=state.status,
-        percent=event.percent if event.percent is not None else state.percent,
-        stage=event.stage if event.stage is not None else state.stage,
+        percent=event.percent,
+        stage=event.stage,
         eta_seconds=event.eta_seconds,
         output=state.output,
         error=state.error,
-        metadata=event.metadata if event.metadata is not None else state.metadata,
+        metadata=event.metadata,
         progress_rank=rank,
         terminal_rank=state.terminal_rank,
         terminal_event_id=state.terminal_event_id,

@@ -94,16 +94,27 @@ def test_a_completion_records_output_and_metadata() -> None:
     assert state.finished_ms == 9
 
 
+def sparse_progress(percent: float | None, at: int, eid: str, stage: str | None) -> JobEvent:
+    """A progress event that may leave out its percent, stage and metadata (the spec's
+    `progress` object is the sender's to fill)."""
+    return JobEvent(
+        contract.JOB_PROCESSING, JOB, eid, at, percent=percent, stage=stage,
+        metadata=None if stage is None else {"model": stage},
+    )  # fmt: skip
+
+
 events = st.builds(
-    lambda kind, at, percent, n: {
+    lambda kind, at, percent, n, stage: {
         "p": lambda: progress(percent, at, f"p{n}"),
+        "s": lambda: sparse_progress(None if n % 3 == 0 else percent, at, f"s{n}", stage),
         "c": lambda: completed(at, f"c{n}"),
         "f": lambda: failed(at, f"f{n}"),
     }[kind](),
-    kind=st.sampled_from("ppcf"),
+    kind=st.sampled_from("ppscf"),
     at=st.integers(0, 5),
     percent=st.integers(0, 100),
     n=st.integers(0, 10**6),
+    stage=st.sampled_from([None, "queued", "rendering"]),
 )
 
 
