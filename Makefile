@@ -11,9 +11,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP) tools
+install: $(STAMP)
 
-# prometheus, promtool and haproxy for the deploy tests (Debian packages, installed if missing).
+# prometheus, promtool and haproxy for the deploy tests (Debian packages, installed if missing;
+# only the tests need them, not the services).
 tools:
 	deploy/tools/ensure-tools
 
