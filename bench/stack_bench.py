@@ -138,7 +138,11 @@ async def amain(args: argparse.Namespace) -> int:
     port, broker_port = free_port(), free_port()
     metrics_first = free_run(3)
     metrics = [metrics_first, metrics_first + 1, metrics_first + 2]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WAZZA_", "KAFKA_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("WAZZA_", "KAFKA_")) and k != "DATABASE_URL"
+    }
     if args.quiet:
         env["WAZZA_LOG_REQUESTS"] = "false"
     url = f"http://127.0.0.1:{port}/api/webhooks/wazza"
@@ -200,11 +204,14 @@ async def amain(args: argparse.Namespace) -> int:
             raise SystemExit(f"bench: simulate exited {sim.returncode}")
         check = await asyncio.create_subprocess_exec(
             str(BIN / "wazza-hooks"), "verify", "--expect", str(expect),
-            "--wait", str(args.wait), cwd=folder, env=sim_env, stdout=asyncio.subprocess.PIPE,
+            "--database-url", f"sqlite:///{var}/wazza.db", "--wait", str(args.wait),
+            cwd=folder, env=sim_env, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        verified_out, _ = await check.communicate()
+        verified_out, verified_err = await check.communicate()
         matched = time.monotonic()
-        print(verified_out.decode().splitlines()[-1], flush=True)
+        said = (verified_out + verified_err).decode().strip().splitlines()
+        print(said[-1] if said else f"verify exited {check.returncode}, saying nothing", flush=True)
         async with aiohttp.ClientSession() as http:
             texts = [await scrape(http, m) for m in metrics]
             ingested = accepted_by_ingester(await scrape(http, port))
