@@ -254,8 +254,10 @@ class ConsumerRuntime:
         try:
             beginnings = await self._consumer.beginning_offsets([tp])
         except KafkaError as exc:
-            log.info("%s[%d]: log start unknown (%r): gap accepted", tp.topic, tp.partition, exc)
-            return True
+            # Not known to be gone: the next batch that starts later is sought back again and
+            # asks again, rather than storing over a replay that may have landed meanwhile.
+            log.info("%s[%d]: log start unknown (%r): no gap accepted", tp.topic, tp.partition, exc)
+            return False
         start: int = beginnings.get(tp, 0)
         return offset < start
 
@@ -283,6 +285,7 @@ class ConsumerRuntime:
                 )
                 self._consumer.seek(tp, stored)
                 self._positions[tp.partition] = stored
+                self._gaps.discard(tp.partition)  # a gap accepted before is not this one
 
     async def _apply_until_done(self, partitions: dict[int, list[Record]]) -> BatchResult | None:
         attempt = 0
