@@ -86,6 +86,9 @@ async def broker_reader(bootstrap_servers: str) -> AsyncIterator[AIOKafkaConsume
         bootstrap_servers=bootstrap_servers,
         group_id=None,
         enable_auto_commit=False,
+        # A position that retention deleted meanwhile moves to the oldest record left, not to
+        # the end (the reader would then never reach the end offsets it was given).
+        auto_offset_reset="earliest",
         request_timeout_ms=int(BROKER_TIMEOUT_SECONDS * 1000),
     )
     await _start(consumer, bootstrap_servers)
