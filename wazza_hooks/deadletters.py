@@ -58,6 +58,7 @@ REDRIVEN = "redriven"
 ALREADY_REDRIVEN = "already_redriven"
 ALREADY_TAKEN = "already_taken"
 NOT_REDRIVABLE = "not_redrivable"
+NOT_RECORDED_YET = "not_recorded_yet"
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +291,16 @@ async def _send_back(
             if state == ALREADY_REDRIVEN:
                 results.append(RedriveResult(record, ALREADY_REDRIVEN, "already redriven"))
                 continue
+            if state == NOT_RECORDED_YET:
+                results.append(
+                    RedriveResult(
+                        record,
+                        NOT_RECORDED_YET,
+                        f"{service} has not committed the batch that dead-lettered it yet; "
+                        "nothing done, redrive again in a moment",
+                    )
+                )
+                continue
             if state == ALREADY_TAKEN:
                 results.append(
                     RedriveResult(
@@ -349,7 +360,8 @@ def _refusal(record: DeadLetterRecord, known: Sequence[str]) -> str | None:
 async def claim_redrive(
     store: Store, dlq_topic: str, record: DeadLetterRecord, service: str, event_id: str
 ) -> str:
-    """Step 1 of a redrive: REDRIVEN (go on and publish), ALREADY_REDRIVEN or ALREADY_TAKEN.
+    """Step 1 of a redrive: REDRIVEN (go on and publish), ALREADY_REDRIVEN, ALREADY_TAKEN or
+    NOT_RECORDED_YET.
 
     The `dlq_redrives` row is claimed first: of two redrives of one record at once, the second
     waits for the first's transaction. The dedup key is deleted only while the history still
@@ -375,6 +387,18 @@ async def claim_redrive(
             )
             if row is not None and row[0] is not None:
                 return ALREADY_REDRIVEN
+        elif not await tx.fetchone(
+            "SELECT 1 FROM job_events WHERE service = ? AND event_id = ?", service, event_id
+        ):
+            # A service publishes a dead letter, and waits for its ack, before the batch that
+            # records it (history row, dedup key) commits. Sent now, the copy would meet that key
+            # as a duplicate, and the redrive would stand as done: the event never applied.
+            await tx.execute(
+                "DELETE FROM dlq_redrives WHERE dlq_topic = ? AND dlq_partition = ? "
+                "AND dlq_offset = ? AND event_id = ?",
+                *position,
+            )
+            return NOT_RECORDED_YET
         await tx.execute(
             "DELETE FROM processed_events WHERE service = ? AND event_id = ? AND EXISTS ("
             "SELECT 1 FROM job_events WHERE service = ? AND event_id = ? "

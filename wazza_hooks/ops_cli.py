@@ -205,7 +205,14 @@ async def _dlq_list(args: argparse.Namespace, settings: ConsumerSettings) -> int
 
 
 async def _dlq_redrive(args: argparse.Namespace, settings: ConsumerSettings) -> int:
-    from .deadletters import NOT_REDRIVABLE, parse_id, read_dead_letters, redrive, with_redrives
+    from .deadletters import (
+        NOT_RECORDED_YET,
+        NOT_REDRIVABLE,
+        parse_id,
+        read_dead_letters,
+        redrive,
+        with_redrives,
+    )
     from .ops_io import OpsError, UsageError, known_services, store_at, unknown_service
 
     try:
@@ -238,7 +245,7 @@ async def _dlq_redrive(args: argparse.Namespace, settings: ConsumerSettings) -> 
             records,
             known,
         )
-    failed = any(r.result == NOT_REDRIVABLE for r in results)
+    failed = any(r.result in (NOT_REDRIVABLE, NOT_RECORDED_YET) for r in results)
     if args.json:
         _print_json(
             {

@@ -11,6 +11,7 @@ from wazza_hooks import contract
 from wazza_hooks.deadletters import (
     ALREADY_REDRIVEN,
     ALREADY_TAKEN,
+    NOT_RECORDED_YET,
     REDRIVEN,
     DeadLetterRecord,
     claim_redrive,
@@ -132,3 +133,19 @@ async def test_a_dead_letter_whose_event_was_taken_since_is_not_sent_and_leaves_
     assert await claim_redrive(store, DLQ, letter(8), "picky", EVENT) == ALREADY_TAKEN
     assert await redrives(store) == [(7, True)]
     assert await keys(store) == {"picky": LONG_AGO}
+
+
+async def test_a_dead_letter_its_service_has_not_recorded_yet_is_left_alone_until_it_has(
+    store: Store,
+) -> None:
+    # The service publishes a dead letter before the batch that records it commits: a redrive
+    # in between finds no history row for it. Sending the copy then would meet the dedup key
+    # the batch is about to commit, and the redrive would stand as done.
+    await took(store, "completion", "applied")
+
+    assert await claim_redrive(store, DLQ, letter(), "picky", EVENT) == NOT_RECORDED_YET
+    assert await redrives(store) == []  # no trace: the next redrive starts afresh
+    assert await keys(store) == {"completion": LONG_AGO}
+
+    await took(store, "picky", "dead_lettered")  # the batch committed
+    assert await claim_redrive(store, DLQ, letter(), "picky", EVENT) == REDRIVEN
