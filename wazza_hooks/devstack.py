@@ -171,10 +171,19 @@ def _banner(args: argparse.Namespace, bootstrap: str) -> None:
     hooks = _own_command("wazza-hooks")
     # The sender commands find the URL, the secret and the store by themselves when this runs
     # with its defaults from the current folder; otherwise they are spelled out.
+    # A secret or store exported in this shell would win over the defaults: spelled out then.
     to = "" if args.port == 8080 else f" --url {url}"
-    if args.var != Path("var"):
+    exported_secret = os.environ.get("WAZZA_WEBHOOK_SECRETS") or os.environ.get(
+        "WAZZA_WEBHOOK_SECRET"
+    )
+    if args.var != Path("var") or exported_secret:
         to += f' --secret "$(cat {secret_file})"'
-    store = "" if args.store == DEFAULT_STORE else f"DATABASE_URL={args.store} "
+    exported_store = os.environ.get("DATABASE_URL")
+    store = (
+        f"DATABASE_URL={args.store} "
+        if args.store != DEFAULT_STORE or (exported_store and exported_store != args.store)
+        else ""
+    )
     print(
         "\n".join(
             [

@@ -16,6 +16,7 @@ import functools
 import os
 import random
 import signal
+import socket
 import sqlite3
 import subprocess
 import time
@@ -742,3 +743,23 @@ def test_the_readme_example_runs_as_wazza_consumer_from_the_project_folder(
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_a_metrics_port_out_of_range_or_taken_stops_the_consumer_naming_it() -> None:
+    out_of_range = subprocess.run(
+        [*consumer_argv("completion", 70000)], env=subprocess_env(), capture_output=True,
+        text=True, timeout=REFUSAL_SECONDS,
+    )  # fmt: skip
+    assert out_of_range.returncode == 2, out_of_range
+    assert "70000 is not a port number" in out_of_range.stderr, out_of_range
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = subprocess.run(
+            [*consumer_argv("completion", port)], env=subprocess_env(), capture_output=True,
+            text=True, timeout=REFUSAL_SECONDS,
+        )  # fmt: skip
+    assert busy.returncode == 1, busy
+    assert f"metrics port {port}" in busy.stderr, busy
+    assert "Traceback" not in busy.stderr + out_of_range.stderr

@@ -67,12 +67,12 @@ def hooks(*args: str | int | Path) -> list[str]:
     return [str(BIN / "wazza-hooks"), *map(str, args)]
 
 
-def shell(line: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """A command line as printed for a person, run by bash in `cwd`."""
+def shell(line: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """A command line as printed for a person, run by bash in `cwd` with `env`."""
     return subprocess.run(
         ["bash", "-c", line],
         cwd=cwd,
-        env=subprocess_env(),
+        env=env,
         capture_output=True,
         text=True,
         timeout=REFUSAL_SECONDS,
@@ -193,7 +193,12 @@ async def test_dev_runs_a_stack_that_takes_a_signed_webhook_and_stops_whole_on_c
     var = tmp_path / "var"  # the default ./var of the folder it runs in, as make run's
     url = f"http://127.0.0.1:{port}/api/webhooks/wazza"
     dev_argv = hooks("dev", "--port", port, "--broker-port", broker_port)
-    with running(dev_argv, cwd=tmp_path) as dev:
+    # A shell with another secret and store exported: the stack keeps its own, and the commands
+    # its banner prints must still reach them.
+    shell_env = subprocess_env(
+        WAZZA_WEBHOOK_SECRETS="someone-elses-secret", DATABASE_URL=f"sqlite:///{tmp_path}/other.db"
+    )
+    with running(dev_argv, env=shell_env, cwd=tmp_path) as dev:
         await dev.wait_for_stdout(url, START_SECONDS)
         secret_file = var / "dev-secret"
         assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
@@ -225,12 +230,12 @@ async def test_dev_runs_a_stack_that_takes_a_signed_webhook_and_stops_whole_on_c
         said = dev.stdout.splitlines()
         send = next(line.strip() for line in said if " send-test " in line)
         show = next(line.strip() for line in said if " jobs show " in line)
-        sent = shell(send, tmp_path)
+        sent = shell(send, tmp_path, shell_env)
         assert sent.returncode == 0, sent
         assert "HTTP 200" in sent.stdout, sent
 
         def shown_completed() -> bool:
-            shown = shell(f"{show} --json", tmp_path)
+            shown = shell(f"{show} --json", tmp_path, shell_env)
             return shown.returncode == 0 and json.loads(shown.stdout)["status"] == "completed"
 
         await wait_until(
