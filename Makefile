@@ -21,8 +21,10 @@ tools:
 run: $(STAMP)
 	$(BIN)/wazza-hooks dev
 
+# Three test files at a time, each file whole on one worker (its module state and fixtures
+# together); every worker starts its own broker. `$(BIN)/pytest FILE` runs one file alone.
 test: $(STAMP) tools
-	$(BIN)/pytest
+	$(BIN)/pytest -n 3 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
