@@ -211,6 +211,8 @@ def read_expect(path: Path) -> ExpectFile:
             out.append(Expectation(job_id, _state(path, job_id, entry["expect"])))
         else:
             raw = entry.get("anyOf")
+            if raw is not None and not isinstance(raw, list):
+                raise SenderError(f'{path}: job {job_id!r} has an "anyOf" that is not a list')
             any_of = None if raw is None else tuple(_state(path, job_id, s) for s in raw)
             out.append(Expectation(job_id, None, str(entry["undetermined"]), any_of))
     meta = {k: v for k, v in document.items() if k not in ("jobs", "format", "version")}

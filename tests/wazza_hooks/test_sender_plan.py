@@ -293,6 +293,12 @@ def test_the_expect_file_round_trips_definite_and_undetermined_jobs(tmp_path: Pa
             "fields",
             id="bad-state",
         ),
+        pytest.param(
+            b'{"format": "wazza-hooks-expect", "version": 1, '
+            b'"jobs": {"j": {"undetermined": "why", "anyOf": 3}}}',
+            "not a list",
+            id="any-of-not-a-list",
+        ),
     ],
 )
 def test_a_bad_expect_file_is_refused_with_a_reason(
