@@ -212,7 +212,7 @@ def _database_url(args: argparse.Namespace) -> str:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from consumers.store import open_store
+    from consumers.store import StoreUnavailable, open_store
 
     from .jobs_cli import redacted
     from .sender_expect import read_expect
@@ -241,7 +241,17 @@ def _verify(args: argparse.Namespace) -> int:
             sys.stderr.flush()
 
     async def go() -> Report:
-        store = await open_store(url)
+        # Opening applies pending migrations, so it takes the write lock for a moment: a
+        # consumer committing a batch can hold it past the busy timeout. Retried while waiting.
+        deadline = time.monotonic() + args.wait
+        while True:
+            try:
+                store = await open_store(url)
+                break
+            except StoreUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.5)
         try:
             return await wait_for_match(store, expected.expectations, args.wait, polled)
         finally:

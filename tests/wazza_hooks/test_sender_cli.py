@@ -4,6 +4,7 @@ real HTTP to local stand-ins, a real store filled by the consumers' own batch co
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -384,6 +385,41 @@ async def test_verify_wait_keeps_looking_until_the_consumers_catch_up(
 
     assert result.code == 0, result
     assert "30 match, 0 differ" in result.out
+
+
+async def test_verify_wait_rides_out_a_store_locked_when_it_opens_it(tmp_path: Path) -> None:
+    plans, expect = planned(tmp_path)
+    url = f"sqlite:///{tmp_path}/wazza.db"
+    store = await open_store(url)
+    try:
+        for service, event_type in SERVICES:
+            await apply(store, plans, service, event_type)
+    finally:
+        await store.close()
+    # Another writer (a consumer's long batch) holds the file past SQLite's busy timeout just
+    # as verify opens it.
+    locker = sqlite3.connect(tmp_path / "wazza.db", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        waiting = asyncio.create_task(
+            hooks("verify", "--expect", expect, "--database-url", url, "--wait", 30, cwd=tmp_path)
+        )
+        await asyncio.sleep(3.0)
+        assert not waiting.done()
+    finally:
+        locker.execute("COMMIT")
+        locker.close()
+    result = await waiting
+
+    assert result.code == 0, result
+    assert "30 match, 0 differ" in result.out
+
+
+SERVICES = (
+    ("completion", "job.completed"),
+    ("failure", "job.failed"),
+    ("progress", "job.processing"),
+)
 
 
 async def test_verify_without_a_store_exits_1_and_creates_none(tmp_path: Path) -> None:
