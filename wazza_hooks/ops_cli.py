@@ -72,7 +72,8 @@ def run_ops(args: argparse.Namespace) -> int:
         # The store went away or stayed locked mid-command (a transaction rolls back whole).
         shown = redacted(settings.database_url)
         message = str(exc) if shown in str(exc) else f"the store at {shown}: {exc}"
-        return _refuse(args, f"{message} (nothing half-done: run the command again)", 1)
+        # A redrive cut off between its copy and its mark is finished by the next one.
+        return _refuse(args, f"{message} (run the command again: it finishes what was left)", 1)
     except Exception as exc:
         # asyncpg's own errors (a server going away mid-command): still a store problem to
         # report in one line. Anything else is a bug: let it show.
