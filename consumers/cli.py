@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 
-from wazza_hooks.config import ConfigError
+from wazza_hooks.config import ConfigError, port_argument
 
 _EPILOG = """\
 services:
@@ -32,16 +32,6 @@ examples:
 _DEFAULT_PORTS = {"completion": 9101, "failure": 9102, "progress": 9103}
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535; 0: none)")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `wazza-consumer`; returns the exit code."""
     parser = argparse.ArgumentParser(
@@ -53,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("service", help="completion, failure, progress or package.module:name")
     parser.add_argument(
         "--metrics-port",
-        type=_port,
+        type=port_argument(note="; 0: none"),
         default=None,
         help="port of /metrics, /healthz and /readyz (default 9101-9103 by service, else 9100; "
         "0: none)",

@@ -20,7 +20,7 @@ import time
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from wazza_hooks.config import ConfigError
+from wazza_hooks.config import ConfigError, port_argument
 
 if TYPE_CHECKING:  # the settings import stays lazy: see _supervise and multiprocess metrics
     from .settings import IngestSettings
@@ -56,22 +56,14 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=_port, default=8080, help="port to bind (default 8080)")
+    parser.add_argument(
+        "--port", type=port_argument(), default=8080, help="port to bind (default 8080)"
+    )
     parser.add_argument(
         "--workers", type=_positive, default=1, help="processes sharing the port (default 1)"
     )
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     return parser
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535)")
-    return value
 
 
 def _positive(text: str) -> int:

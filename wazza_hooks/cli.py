@@ -18,6 +18,7 @@ import threading
 from types import FrameType
 
 from . import contract
+from .config import port_argument
 from .localbroker import BrokerError, LocalBroker
 from .topics import DEFAULT_PARTITIONS, TopicError, default_topics, ensure_topics
 
@@ -41,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     broker.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    broker.add_argument("--port", type=_port, default=9092, help="port (default 9092)")
+    broker.add_argument(
+        "--port", type=port_argument(lowest=1), default=9092, help="port (default 9092)"
+    )
     broker.add_argument(
         "--partitions", type=_partitions, default=DEFAULT_PARTITIONS, help="partitions per topic"
     )
@@ -89,16 +92,6 @@ def _parser() -> argparse.ArgumentParser:
 
     add_ops_parsers(sub)
     return parser
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port number (1-65535)")
-    return value
 
 
 def _partitions(text: str) -> int:

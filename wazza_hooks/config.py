@@ -7,10 +7,11 @@ plain arguments and never read the environment.
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -18,6 +19,22 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the variable."""
+
+
+def port_argument(lowest: int = 0, note: str = "") -> Callable[[str], int]:
+    """An argparse `type` for a port number from `lowest` to 65535 (`note` follows the range
+    in the refusal, e.g. "; 0: none")."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+        if not lowest <= value <= 65535:
+            raise argparse.ArgumentTypeError(f"{value} is not a port number ({lowest}-65535{note})")
+        return value
+
+    return parse
 
 
 class Secret:
