@@ -106,7 +106,7 @@ class ConsumerRuntime:
         self._stop = asyncio.Event()
         self.assigned: asyncio.Event = asyncio.Event()
         self._joined = False
-        self._store_down_since: float | None = None
+        self._store_failing = False
         """Set once partitions were assigned and sought (tests and readiness wait on it)."""
 
     def not_ready(self) -> str | None:
@@ -114,7 +114,7 @@ class ConsumerRuntime:
         its clients started and joined the group, and its last batch reached the store."""
         if not self._joined:
             return "not_joined"
-        if self._store_down_since is not None:
+        if self._store_failing:
             return "store_unavailable"
         return None
 
@@ -299,11 +299,10 @@ class ConsumerRuntime:
                     self._dead_letter,
                     frozenset(self._gaps),
                 )
-                self._store_down_since = None
+                self._store_failing = False
                 return result
             except StoreUnavailable as exc:
-                if self._store_down_since is None:
-                    self._store_down_since = time.monotonic()
+                self._store_failing = True
                 metrics.STORE_ERRORS.labels(self.service.name).inc()
                 delay = _retry_delay(attempt)
                 attempt += 1
