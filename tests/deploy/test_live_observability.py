@@ -239,19 +239,23 @@ def completed_at(job_id: str, timestamp: str) -> bytes:
 
 
 def make_wave() -> Wave:
-    """One of every outcome the dashboard shows, in an order that makes each deterministic
-    (one job's events share a partition, and are sent one after another)."""
+    """One of every outcome the dashboard shows, each certain to happen (one job's events share
+    a partition and are sent one after another; the services are separate groups)."""
     tag = uuid.uuid4().hex[:10]
     now = int(time.time())
 
     def good(body: bytes) -> tuple[bytes, dict[str, str]]:
         return body, sign_wazza(SECRET, body, now)
 
-    a, b, c, d = (f"job_{tag}_{x}" for x in "abcd")
+    a, b, c, d, e = (f"job_{tag}_{x}" for x in "abcde")
     raw = [
-        good(processing(a, 25, "2025-10-22T10:00:00Z")),  # applied
-        good(processing(a, 50, "2025-10-22T10:01:00Z")),  # applied
-        good(processing(a, 40, "2025-10-22T10:02:00Z")),  # stale: behind 50 %
+        # Job e never ends: its progress is applied whichever service reads first. Job a's
+        # progress races the completion service (another group): applied or, once a is
+        # completed, stale; its 40 % is stale either way.
+        good(processing(e, 30, "2025-10-22T10:00:00Z")),  # applied
+        good(processing(a, 25, "2025-10-22T10:00:00Z")),  # applied (or stale)
+        good(processing(a, 50, "2025-10-22T10:01:00Z")),  # applied (or stale)
+        good(processing(a, 40, "2025-10-22T10:02:00Z")),  # stale: behind 50 %, or a completed
         good(completed_at(a, "2025-10-22T10:05:00Z")),  # applied
         good(completed_at(a, "2025-10-22T10:05:00Z")),  # the same bytes again: duplicate
         good(completed_at(b, "2025-10-22T10:05:00Z")),  # applied
