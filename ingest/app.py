@@ -9,6 +9,8 @@ unexpected error is logged and answered 503 too, so the sender retries and nothi
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -49,6 +51,8 @@ class IngestState:
         """Set by the cleanup context (or given by a test) before the first request."""
         self.in_flight = 0
         """Webhook requests being handled now; a graceful stop waits for it to reach 0."""
+        self.metrics = metrics.HotPath()
+        """Per-request metrics, folded into Prometheus's periodically and before a scrape."""
 
 
 STATE: Final = web.AppKey("wazza_ingest_state", IngestState)
@@ -120,7 +124,6 @@ class WebhookHandler:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        metrics.IN_FLIGHT.inc()
         self._state.in_flight += 1
         # The first keys set the order of the log line: time and message lead.
         fields: dict[str, Any] = {"ts": 0.0, "msg": "webhook", "outcome": "", "status": 0}
@@ -134,11 +137,11 @@ class WebhookHandler:
                 503, "internal_error", "try again later", **{"Retry-After": self._retry_after}
             )
         finally:
-            metrics.IN_FLIGHT.dec()
             self._state.in_flight -= 1
         elapsed = time.perf_counter() - started
-        metrics.OUTCOME[outcome].inc()
-        metrics.REQUEST_SECONDS.observe(elapsed)
+        hot = self._state.metrics
+        hot.outcomes[outcome] += 1
+        hot.request_seconds.observe(elapsed)
         if self._lines is not None:
             fields["ts"] = round(time.time(), 3)
             fields["outcome"] = outcome
@@ -225,9 +228,9 @@ class WebhookHandler:
                 self._timeout,
             )
         except PublishError as exc:
-            metrics.PUBLISH_RAW_FAILED.observe(time.perf_counter() - published)
+            state.metrics.publish_raw_failed.observe(time.perf_counter() - published)
             return "unavailable", self._unavailable(exc, fields)
-        metrics.PUBLISH_RAW_OK.observe(time.perf_counter() - published)
+        state.metrics.publish_raw_ok.observe(time.perf_counter() - published)
         return "accepted", web.Response(body=_ACCEPTED, headers=_JSON_HEADERS)
 
     async def _quarantine(
@@ -263,9 +266,9 @@ class WebhookHandler:
                 self._timeout,
             )
         except PublishError as exc:
-            metrics.PUBLISH_QUARANTINE_FAILED.observe(time.perf_counter() - published)
+            self._state.metrics.publish_quarantine_failed.observe(time.perf_counter() - published)
             return "unavailable", self._unavailable(exc, fields)
-        metrics.PUBLISH_QUARANTINE_OK.observe(time.perf_counter() - published)
+        self._state.metrics.publish_quarantine_ok.observe(time.perf_counter() - published)
         return "quarantined", _json(202, {"received": True, "quarantined": q.reason})
 
     def _too_large(self, fields: dict[str, Any]) -> web.Response:
@@ -301,6 +304,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics_view(request: web.Request) -> web.Response:
     """Prometheus exposition (aggregated over worker processes in multiprocess mode)."""
+    state = request.app[STATE]
+    state.metrics.fold(state.in_flight)
     return web.Response(
         body=metrics.exposition(), headers={"Content-Type": "text/plain; version=0.0.4"}
     )
@@ -333,12 +338,27 @@ def build_app(
                 enable_idempotence=settings.enable_idempotence,
                 linger_ms=settings.linger_ms,
                 on_connection_change=metrics.set_broker_up,
-                on_batch=metrics.BATCH_RECORDS.observe,
+                on_batch=state.metrics.batch_records.observe,
             ) as producer:
                 state.publisher = producer
                 yield
 
         app.cleanup_ctx.append(kafka)
+
+    async def fold_metrics(app: web.Application) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(metrics.FOLD_SECONDS)
+                state.metrics.fold(state.in_flight)
+
+        task = asyncio.create_task(loop(), name="metrics-fold")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        state.metrics.fold(state.in_flight)
+
+    app.cleanup_ctx.append(fold_metrics)
 
     if lines is not None:
 

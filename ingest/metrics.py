@@ -7,6 +7,7 @@ PROMETHEUS_MULTIPROC_DIR variable) before this module is first imported; `server
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 
 from prometheus_client import (
     CollectorRegistry,
@@ -68,12 +69,84 @@ BROKER_UP = Gauge(
     multiprocess_mode="livemin",
 )
 
-# Bound children once: a label lookup per request costs more than the increment itself.
-OUTCOME = {outcome: REQUESTS.labels(outcome) for outcome in OUTCOMES}
-PUBLISH_RAW_OK = PUBLISH_SECONDS.labels("raw", "ok")
-PUBLISH_RAW_FAILED = PUBLISH_SECONDS.labels("raw", "failed")
-PUBLISH_QUARANTINE_OK = PUBLISH_SECONDS.labels("quarantine", "ok")
-PUBLISH_QUARANTINE_FAILED = PUBLISH_SECONDS.labels("quarantine", "failed")
+# Bound once, so that every outcome is exposed (at 0) from the start.
+_OUTCOME = {outcome: REQUESTS.labels(outcome) for outcome in OUTCOMES}
+
+# How often the per-request tallies reach the Prometheus metrics (and before every scrape).
+FOLD_SECONDS = 0.5
+
+
+class _Tally:
+    """A histogram's observations in plain numbers until folded into prometheus-client's."""
+
+    __slots__ = ("_bounds", "_counts", "_sum", "_target")
+
+    def __init__(self, target: Histogram) -> None:
+        self._target = target
+        # Upper bounds, +Inf last (prometheus-client's own list), one count each, not cumulative.
+        self._bounds: list[float] = list(target._upper_bounds)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one observation (`le` buckets: the first bound not below the value)."""
+        self._counts[bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def fold(self) -> None:
+        """Add what was counted since the last fold to the Prometheus histogram."""
+        if not self._sum and not any(self._counts):
+            return
+        buckets = self._target._buckets
+        for i, count in enumerate(self._counts):
+            if count:
+                buckets[i].inc(count)
+                self._counts[i] = 0
+        self._target._sum.inc(self._sum)
+        self._sum = 0.0
+
+
+class HotPath:
+    """The ingester's per-request metrics, counted in plain numbers and folded into the
+    Prometheus metrics every FOLD_SECONDS and before each scrape.
+
+    prometheus-client takes a lock per update and walks a histogram's buckets in Python: at five
+    updates a request that was about 7 us of the ~95 us a request costs (`make bench`). Here a
+    request costs a dict increment and two bisects. A scrape of one process sees its numbers
+    exact; in multiprocess mode, another worker's are at most FOLD_SECONDS old. The folds use
+    prometheus-client's histogram internals (`_upper_bounds`, `_buckets`, `_sum`), the same in
+    single- and multiprocess mode; tests/ingest/test_metrics.py holds them to the exposition.
+    """
+
+    def __init__(self) -> None:
+        self.outcomes = dict.fromkeys(OUTCOMES, 0)
+        """Requests answered, by outcome."""
+        self.request_seconds = _Tally(REQUEST_SECONDS)
+        self.publish_raw_ok = _Tally(PUBLISH_SECONDS.labels("raw", "ok"))
+        self.publish_raw_failed = _Tally(PUBLISH_SECONDS.labels("raw", "failed"))
+        self.publish_quarantine_ok = _Tally(PUBLISH_SECONDS.labels("quarantine", "ok"))
+        self.publish_quarantine_failed = _Tally(PUBLISH_SECONDS.labels("quarantine", "failed"))
+        self.batch_records = _Tally(BATCH_RECORDS)
+        self._tallies = (
+            self.request_seconds,
+            self.publish_raw_ok,
+            self.publish_raw_failed,
+            self.publish_quarantine_ok,
+            self.publish_quarantine_failed,
+            self.batch_records,
+        )
+
+    def fold(self, in_flight: int) -> None:
+        """Move everything counted so far into the Prometheus metrics."""
+        for outcome, count in self.outcomes.items():
+            if count:
+                _OUTCOME[outcome].inc(count)
+                self.outcomes[outcome] = 0
+        for tally in self._tallies:
+            tally.fold()
+        IN_FLIGHT.set(in_flight)
+
+
 BROKER_UP.set(0)
 
 

@@ -21,6 +21,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ingest.metrics import FOLD_SECONDS
 from tests.conftest import BIN, SECRET, Topics, make_topics, read_topic, subprocess_env
 from tests.signing import completed_body, sign_wazza
 from wazza_hooks import contract
@@ -296,11 +297,18 @@ async def test_two_workers_both_serve_count_together_and_stop_cleanly_on_sigterm
             pids = {int(value.decode().rsplit(":", 1)[1]) for value in ingesters}
             assert pids == workers, f"records came from {pids}, the workers are {workers}"
 
-            async with session.get(
-                f"http://127.0.0.1:{port}/metrics", timeout=aiohttp.ClientTimeout(total=5)
-            ) as resp:
-                assert resp.status == 200
-                exposition = await resp.text()
+            # Each worker folds its counts into the shared metrics every FOLD_SECONDS (and the
+            # one scraped, at once): the sum over both is whole within that.
+            deadline = time.monotonic() + 10 * FOLD_SECONDS
+            while True:
+                async with session.get(
+                    f"http://127.0.0.1:{port}/metrics", timeout=aiohttp.ClientTimeout(total=5)
+                ) as resp:
+                    assert resp.status == 200
+                    exposition = await resp.text()
+                if accepted_count(exposition) >= sent or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(FOLD_SECONDS / 5)
         assert accepted_count(exposition) == sent
 
         proc.proc.send_signal(signal.SIGTERM)
