@@ -332,8 +332,14 @@ def _history_row(
     ]
 
 
-async def prune_dedup_keys(store: Store, retention_seconds: int) -> int:
-    """Delete dedup keys older than the retention window; the number deleted."""
+async def prune_dedup_keys(store: Store, service: str, retention_seconds: int) -> int:
+    """Delete `service`'s dedup keys older than its retention window; the number deleted.
+
+    Only its own: services sharing a store may keep their keys for different windows
+    (WAZZA_DEDUP_RETENTION_SECONDS is per process), and one's pruning must not shorten
+    another's duplicate protection."""
     cutoff = int((time.time() - retention_seconds) * 1000)
     async with store.transaction() as tx:
-        return await tx.execute("DELETE FROM processed_events WHERE processed_ms < ?", cutoff)
+        return await tx.execute(
+            "DELETE FROM processed_events WHERE service = ? AND processed_ms < ?", service, cutoff
+        )

@@ -383,7 +383,9 @@ class ConsumerRuntime:
 
     async def _prune(self) -> None:
         try:
-            pruned = await prune_dedup_keys(self.store, self.settings.dedup_retention_seconds)
+            pruned = await prune_dedup_keys(
+                self.store, self.service.name, self.settings.dedup_retention_seconds
+            )
         except StoreError as exc:
             log.warning("dedup keys not pruned: %s", exc)
             return

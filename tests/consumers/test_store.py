@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from consumers.batch import Record, apply_batch, stored_offsets
+from consumers.batch import Record, apply_batch, prune_dedup_keys, stored_offsets
 from consumers.service import BUILTIN
 from consumers.store import Store, StoreError, open_store
 from consumers.store.schema import MIGRATIONS
@@ -80,3 +82,26 @@ async def test_a_service_skips_event_types_it_does_not_take(store: Store) -> Non
 async def test_a_bad_database_url_is_a_store_error_naming_it() -> None:
     with pytest.raises(StoreError, match="DATABASE_URL"):
         await open_store("mysql://nope")
+
+
+async def test_pruning_deletes_only_this_services_keys_past_its_window(store: Store) -> None:
+    day_ms = 86_400_000
+    now = int(time.time() * 1000)
+    rows = [
+        ("progress", "old", now - 8 * day_ms),
+        ("progress", "recent", now - 6 * day_ms),
+        ("completion", "old-too", now - 8 * day_ms),
+    ]
+    async with store.transaction() as tx:
+        await tx.insert_rows(
+            "processed_events",
+            [("service", "text"), ("event_id", "text"), ("processed_ms", "bigint")],
+            rows,
+        )
+
+    pruned = await prune_dedup_keys(store, "progress", 7 * 86_400)
+
+    assert pruned == 1
+    async with store.reader() as tx:
+        left = await tx.fetchall("SELECT service, event_id FROM processed_events")
+    assert sorted(tuple(r) for r in left) == [("completion", "old-too"), ("progress", "recent")]
