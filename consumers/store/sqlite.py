@@ -160,6 +160,12 @@ class SqliteStore:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
+    # A store already at the current version is only read here: the write lock that applying a
+    # migration needs would make every `jobs` or `verify` command wait for the consumers' batch
+    # commits (or fail past the busy timeout) just to learn there is nothing to do.
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    if (row[0] or 0) >= len(MIGRATIONS):
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +107,23 @@ async def test_pruning_deletes_only_this_services_keys_past_its_window(store: St
     async with store.reader() as tx:
         left = await tx.fetchall("SELECT service, event_id FROM processed_events")
     assert sorted(tuple(r) for r in left) == [("completion", "old-too"), ("progress", "recent")]
+
+
+async def test_opening_a_current_sqlite_store_needs_no_write_lock(tmp_path: Path) -> None:
+    """`jobs list` while a consumer holds the write lock: it opens and reads at once."""
+    url = f"sqlite:///{tmp_path}/held.db"
+    await (await open_store(url)).close()  # created and migrated
+    writer = sqlite3.connect(tmp_path / "held.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO schema_version (version) VALUES (999)")
+    try:
+        started = time.monotonic()
+        reader = await open_store(url)
+        async with reader.reader() as tx:
+            versions = await tx.fetchall("SELECT version FROM schema_version")
+        await reader.close()
+        assert time.monotonic() - started < 0.5  # the busy timeout is 1 s
+        assert [tuple(v) for v in versions] == [(n,) for n in range(1, len(MIGRATIONS) + 1)]
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
