@@ -74,12 +74,25 @@ def main(argv: list[str] | None = None) -> int:
     return asyncio.run(_run(service, settings, args.metrics_host, port))
 
 
+class _Opening:
+    """Readiness before the store is open: starting, or waiting for an unavailable store."""
+
+    def __init__(self) -> None:
+        self._reason = "starting"
+
+    def unavailable(self, exc: Exception) -> None:
+        self._reason = "store_unavailable"
+
+    def not_ready(self) -> str | None:
+        return self._reason
+
+
 async def _run(service: object, settings: object, host: str, port: int) -> int:
     from .health import HealthServer
-    from .runtime import ConsumerRuntime
+    from .runtime import ConsumerRuntime, open_store_when_available
     from .service import Service
     from .settings import ConsumerSettings
-    from .store import StoreError, open_store
+    from .store import StoreError
 
     assert isinstance(service, Service)  # noqa: S101
     assert isinstance(settings, ConsumerSettings)  # noqa: S101
@@ -95,11 +108,17 @@ async def _run(service: object, settings: object, host: str, port: int) -> int:
             print(f"wazza-consumer: metrics port {port}: {exc.strerror or exc}", file=sys.stderr)
             return 1
     try:
+        opening = _Opening()
+        server.runtime = opening
         try:
-            store = await open_store(settings.database_url)
+            store = await open_store_when_available(
+                settings.database_url, service.name, stop, opening.unavailable
+            )
         except StoreError as exc:
             print(f"wazza-consumer: {exc}", file=sys.stderr)
             return 1
+        if store is None:
+            return 0  # stopped while waiting for the store
         try:
             runtime = ConsumerRuntime(service, settings, store)
             server.runtime = runtime

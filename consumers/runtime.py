@@ -37,7 +37,7 @@ from .batch import (
 )
 from .service import Service
 from .settings import ConsumerSettings
-from .store import Store, StoreError, StoreUnavailable
+from .store import Store, StoreError, StoreUnavailable, open_store
 
 log = logging.getLogger("wazza.consumers.runtime")
 
@@ -63,6 +63,33 @@ _RECONCILE_SECONDS = 1.0
 def _retry_delay(attempt: int) -> float:
     """The wait before retry number `attempt` (0-based): the schedule, then its last step."""
     return _STORE_RETRY_DELAYS[min(attempt, len(_STORE_RETRY_DELAYS) - 1)]
+
+
+async def open_store_when_available(
+    url: str,
+    service: str,
+    stop: asyncio.Event,
+    on_unavailable: Callable[[StoreUnavailable], None] = lambda exc: None,
+) -> Store | None:
+    """The store, opened as soon as it can be; None when `stop` is set first.
+
+    A store that is down, refusing connections or locked (StoreUnavailable) is waited out on the
+    batches' retry schedule, so a consumer started before its database (a compose stack, a pod
+    scheduled first) begins when the database does; any other StoreError (a failed migration)
+    is raised."""
+    attempt = 0
+    while not stop.is_set():
+        try:
+            return await open_store(url)
+        except StoreUnavailable as exc:
+            metrics.STORE_ERRORS.labels(service).inc()
+            on_unavailable(exc)
+            delay = _retry_delay(attempt)
+            attempt += 1
+            log.warning("store unavailable at start (%s); retrying in %.1f s", exc, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+    return None
 
 
 class DeadLetterUnavailable(StoreUnavailable):

@@ -37,7 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from consumers.store import Store, open_store
 from tests.conftest import BIN, ROOT, Topics, make_topics, subprocess_env
-from wazza_hooks.localbroker import LocalBroker, free_port
+from wazza_hooks.localbroker import LocalBroker, free_port, port_in_use
 
 from ..postgres import fresh_database
 from ..processes import Running, running
@@ -698,6 +698,50 @@ async def test_a_store_outage_is_waited_out_by_the_same_process_and_skips_nothin
             # through, and nothing escaped as a crash report.
             assert await metric(port, "wazza_consumer_store_errors_total") > 0, proc.output()
             assert "Traceback" not in proc.stderr, proc.output()
+
+
+async def test_a_consumer_started_while_its_store_is_down_waits_for_it_and_applies_everything(
+    broker: LocalBroker, store_url: str, postgres_server: str
+) -> None:
+    topics = await make_topics(broker.bootstrap_servers, partitions=PARTITIONS)
+    workload = make_workload(40, seed=5)
+    services = ("completion",)
+    port = free_port()
+    env = consumer_env(broker, topics, store_url, group_prefix())
+    async with opened(store_url):
+        pass  # the schema exists, as it does for a database that restarts
+    await publish(broker.bootstrap_servers, topics.raw, workload.stream)
+    with running(consumer_argv("completion", port), env) as proc:
+        async with store_down(store_url, postgres_server):
+            # Alive, not ready, and still there: PostgreSQL refuses it at the open (the
+            # consumer waits to open it), a locked SQLite file at the first batch.
+            not_ready = (503, {"status": "not_ready", "reason": "store_unavailable"})
+
+            async def listening() -> bool:
+                return port_in_use("127.0.0.1", port)
+
+            await eventually(listening, OUTAGE_SECONDS * 2, "the metrics port", [proc])
+            await eventually(
+                functools.partial(probe_is, port, "/readyz", not_ready),
+                OUTAGE_SECONDS * 2,
+                "/readyz saying the store is unavailable",
+                [proc],
+            )
+            assert await probe(port, "/healthz") == (200, {"status": "ok"})
+            await asyncio.sleep(OUTAGE_SECONDS / 2)
+            assert_still_running([proc])
+        ends = await end_offsets(broker.bootstrap_servers, topics.raw, len(workload.stream))
+        async with opened(store_url) as store:
+            await eventually(
+                lambda: caught_up(store, topics.raw, ends, services),
+                SETTLE_SECONDS,
+                f"every offset at the topic's end {ends} once the store is back",
+                [proc],
+            )
+            await assert_each_event_applied_once(store, workload, services)
+        assert await probe(port, "/readyz") == (200, {"status": "ready"})
+        assert await metric(port, "wazza_consumer_store_errors_total") > 0, proc.output()
+        assert "Traceback" not in proc.stderr, proc.output()
 
 
 @pytest.mark.slow
