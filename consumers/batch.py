@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from wazza_hooks import contract
 
@@ -39,9 +40,9 @@ DEAD_LETTERED = "dead_lettered"
 HANDLER_RETRY_DELAYS = (0.05, 0.2)
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A raw-topic record as the batch needs it."""
+class Record(NamedTuple):
+    """A raw-topic record as the batch needs it (a tuple: the runtime makes one per record
+    taken, and a frozen dataclass costs three times as much to build)."""
 
     topic: str
     """Where it was read."""
@@ -111,12 +112,18 @@ async def apply_batch(
     partitions: dict[int, list[Record]],
     dead_letter: DeadLetter,
     accept_gaps: frozenset[int] = frozenset(),
+    spans: dict[int, tuple[int, int]] | None = None,
 ) -> BatchResult:
     """Apply a batch in one transaction; raises StoreUnavailable (roll back, retry later).
 
     `accept_gaps` names partitions already sought to their stored offset once, whose batch
     still starts later: the records between are gone from Kafka (retention), so go on from here.
+    `spans` gives each partition's (first offset, last offset + 1) when the caller left out the
+    records the service skips by their type header: a partition's list may then
+    be shorter, or empty, and its offsets still advance over the whole batch.
     """
+    if spans is None:
+        spans = {p: (rs[0].offset, rs[-1].offset + 1) for p, rs in partitions.items()}
     result = BatchResult()
     async with store.transaction() as tx:
         # One statement, rows locked in partition order: two owners of overlapping partitions
@@ -132,22 +139,21 @@ async def apply_batch(
         )
         for partition, next_offset in rows:
             stored = int(next_offset)
-            first = partitions[int(partition)][0].offset
+            first = spans[int(partition)][0]
             if stored > first or (stored < first and int(partition) not in accept_gaps):
                 result.seek[int(partition)] = stored
         taken = {p: r for p, r in partitions.items() if p not in result.seek}
-        if taken:
-            await _apply_records(
-                tx, service, [r for rs in taken.values() for r in rs], dead_letter, result
-            )
+        records = [r for rs in taken.values() for r in rs]
+        if records:
+            await _apply_records(tx, service, records, dead_letter, result)
         await tx.insert_rows(
             "consumer_offsets",
             _OFFSET_COLUMNS,
-            [(service.name, topic, p, rs[-1].offset + 1) for p, rs in sorted(taken.items())],
+            [(service.name, topic, p, spans[p][1]) for p in sorted(taken)],
             "ON CONFLICT (service, topic, kafka_partition) "
             "DO UPDATE SET next_offset = excluded.next_offset",
         )
-        result.next_offsets.update({p: rs[-1].offset + 1 for p, rs in taken.items()})
+        result.next_offsets.update({p: spans[p][1] for p in taken})
     return result
 
 
@@ -162,7 +168,7 @@ async def _apply_records(
     for i, record in enumerate(records):
         # Most records of a service are other services' events: skipped by their type header
         # alone (the contract puts it first), without reading the rest.
-        raw_type = _event_type(record.headers)
+        raw_type = event_type_header(record.headers)
         if raw_type is not None and raw_type not in wanted:
             slots[i] = (raw_type.decode(errors="replace"), SKIPPED, None)
             continue
@@ -219,7 +225,8 @@ async def _apply_records(
     result.outcomes.extend(slot for slot in slots if slot is not None)
 
 
-def _event_type(headers: Sequence[tuple[str, bytes]]) -> bytes | None:
+def event_type_header(headers: Sequence[tuple[str, bytes]]) -> bytes | None:
+    """The event type header's value (the contract puts it first), or None."""
     for name, value in headers:
         if name == contract.H_EVENT_TYPE:
             return value

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -29,9 +30,11 @@ from wazza_hooks import contract
 from . import metrics
 from .batch import (
     APPLIED,
+    SKIPPED,
     BatchResult,
     Record,
     apply_batch,
+    event_type_header,
     prune_dedup_keys,
     stored_offsets,
 )
@@ -233,14 +236,7 @@ class ConsumerRuntime:
                 await self._reconcile()
             if not data:
                 continue
-            partitions = {
-                tp.partition: [
-                    Record(m.topic, m.partition, m.offset, m.key, m.value or b"", list(m.headers))
-                    for m in messages
-                ]
-                for tp, messages in data.items()
-                if messages
-            }
+            partitions, spans, skipped = self._split(data)
             started = time.perf_counter()
             async with self._lock:
                 assignment = consumer.assignment()
@@ -251,7 +247,7 @@ class ConsumerRuntime:
                 }
                 if not partitions:
                     continue
-                result = await self._apply_until_done(partitions)
+                result = await self._apply_until_done(partitions, spans)
                 if result is None:
                     return  # stopping during a store outage: nothing stored, nothing lost
                 for partition, offset in result.seek.items():
@@ -261,7 +257,7 @@ class ConsumerRuntime:
                         self._topic,
                         partition,
                         offset,
-                        partitions[partition][0].offset,
+                        spans[partition][0],
                     )
                     consumer.seek(tp, offset)
                     self._positions[partition] = offset
@@ -270,8 +266,36 @@ class ConsumerRuntime:
                 for partition, offset in result.next_offsets.items():
                     self._gaps.discard(partition)
                     self._positions[partition] = offset
-            self._observe(result, sum(len(r) for r in partitions.values()), started)
+            size = sum(spans[p][1] - spans[p][0] for p in partitions)
+            self._observe(result, size, started, skipped)
             await self._commit_to_kafka(result)
+
+    def _split(
+        self, data: dict[TopicPartition, list[Any]]
+    ) -> tuple[dict[int, list[Record]], dict[int, tuple[int, int]], dict[int, dict[bytes, int]]]:
+        """Per partition: the records this service takes, the batch's (first offset, last + 1),
+        and how many it skips by their type header, by type. Most records of a service are
+        other services' events; they are counted, never parsed, and no Record is made of them."""
+        wanted = self.service.event_type_headers
+        partitions: dict[int, list[Record]] = {}
+        spans: dict[int, tuple[int, int]] = {}
+        skipped: dict[int, dict[bytes, int]] = {}
+        for tp, messages in data.items():
+            if not messages:
+                continue
+            taken: list[Record] = []
+            left: dict[bytes, int] = {}
+            for m in messages:
+                headers = m.headers
+                raw_type = event_type_header(headers)
+                if raw_type is not None and raw_type not in wanted:
+                    left[raw_type] = left.get(raw_type, 0) + 1
+                    continue
+                taken.append(Record(m.topic, m.partition, m.offset, m.key, m.value or b"", headers))
+            partitions[tp.partition] = taken
+            spans[tp.partition] = (messages[0].offset, messages[-1].offset + 1)
+            skipped[tp.partition] = left
+        return partitions, spans, skipped
 
     async def _below_log_start(self, tp: TopicPartition, offset: int) -> bool:
         """True when the records from `offset` are gone from Kafka (retention): the next batch
@@ -314,7 +338,9 @@ class ConsumerRuntime:
                 self._positions[tp.partition] = stored
                 self._gaps.discard(tp.partition)  # a gap accepted before is not this one
 
-    async def _apply_until_done(self, partitions: dict[int, list[Record]]) -> BatchResult | None:
+    async def _apply_until_done(
+        self, partitions: dict[int, list[Record]], spans: dict[int, tuple[int, int]]
+    ) -> BatchResult | None:
         attempt = 0
         while True:
             try:
@@ -325,6 +351,7 @@ class ConsumerRuntime:
                     partitions,
                     self._dead_letter,
                     frozenset(self._gaps),
+                    spans,
                 )
                 self._store_failing = False
                 return result
@@ -333,7 +360,7 @@ class ConsumerRuntime:
                 metrics.STORE_ERRORS.labels(self.service.name).inc()
                 delay = _retry_delay(attempt)
                 attempt += 1
-                first = min(r[0].offset for r in partitions.values())
+                first = min(spans[p][0] for p in partitions)
                 log.warning(
                     "%s: batch from offset %d not applied (%s); retrying in %.1f s",
                     self._topic,
@@ -378,7 +405,13 @@ class ConsumerRuntime:
         except (KafkaError, TimeoutError) as exc:
             raise DeadLetterUnavailable(f"dead-letter topic did not acknowledge: {exc!r}") from exc
 
-    def _observe(self, result: BatchResult, size: int, started: float) -> None:
+    def _observe(
+        self,
+        result: BatchResult,
+        size: int,
+        started: float,
+        skipped: dict[int, dict[bytes, int]],
+    ) -> None:
         name = self.service.name
         metrics.BATCH_RECORDS.labels(name).observe(size)
         metrics.BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
@@ -391,6 +424,9 @@ class ConsumerRuntime:
             counts[event_type, outcome] += 1
             if outcome == APPLIED and received is not None:
                 e2e.observe(max(0.0, (now_ms - received) / 1000))
+        for partition in result.next_offsets:  # the partitions applied (not sought back)
+            for raw_type, count in skipped.get(partition, {}).items():
+                counts[raw_type.decode(errors="replace"), SKIPPED] += count
         for (event_type, outcome), count in counts.items():
             metrics.EVENTS.labels(name, metrics.event_type_label(event_type), outcome).inc(count)
         assert self._consumer is not None  # noqa: S101

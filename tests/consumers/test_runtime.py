@@ -210,3 +210,24 @@ async def test_lag_and_assignment_are_measured(broker: LocalBroker, store: Store
         lags = [consumer_metrics.LAG.labels("progress", str(p))._value.get() for p in range(2)]
     assert assigned == 2
     assert lags == [0, 0]
+
+
+async def test_records_of_other_types_are_counted_as_skipped_and_their_offsets_stored(
+    broker: LocalBroker, store: Store
+) -> None:
+    """The failure service reads a stream of only other services' events, then one of its own:
+    each skipped record counted by its type, the offsets past all of them, the failure applied."""
+    topics = await make_topics(broker.bootstrap_servers, partitions=2)
+    others = [progress(f"job_{i}", 10, "2025-10-22T10:00:00Z") for i in range(30)]
+    others += [completed(f"job_{i}", "2025-10-22T10:30:00Z") for i in range(10)]
+    mine = failed("job_x", "2025-10-22T10:31:00Z")
+    before = {t: counter("failure", t, "skipped") for t in ("job.processing", "job.completed")}
+    applied_before = counter("failure", "job.failed", "applied")
+    await publish(broker.bootstrap_servers, topics.raw, [*others, mine])
+    async with running(store, settings_for(broker, topics), BUILTIN["failure"]):
+        await until(lambda: offsets_reach(store, "failure", 41), "41 records consumed")
+    assert counter("failure", "job.processing", "skipped") - before["job.processing"] == 30
+    assert counter("failure", "job.completed", "skipped") - before["job.completed"] == 10
+    assert counter("failure", "job.failed", "applied") - applied_before == 1
+    assert await history(store, "job_x") == [("failure", "job.failed", ids([mine])[0], "applied")]
+    assert await rows(store, "SELECT COUNT(*) FROM job_events WHERE service = 'failure'") == [(1,)]
