@@ -62,7 +62,16 @@ class PublishError(Exception):
 class _Batch:
     """Records bound for one partition, and the requests waiting for their ack."""
 
-    __slots__ = ("builder", "deadline", "holds_slot", "settled", "slot", "timer", "waiters")
+    __slots__ = (
+        "builder",
+        "deadline",
+        "holds_slot",
+        "retry_at",
+        "settled",
+        "slot",
+        "timer",
+        "waiters",
+    )
 
     def __init__(self, builder: BatchBuilder, slot: tuple[str, int], deadline: float) -> None:
         self.builder = builder
@@ -74,6 +83,8 @@ class _Batch:
         deadline, whichever comes first)."""
         self.timer: asyncio.TimerHandle | None = None
         self.waiters: list[asyncio.Future[None]] = []
+        self.retry_at = 0.0
+        """Direct delivery: not sent again before this loop time (0: never sent back)."""
 
     def succeed(self) -> None:
         self._settle()
@@ -150,8 +161,9 @@ class KafkaPublisher:
         self._direct = not enable_idempotence
         self._queued: dict[Slot, deque[_Batch]] = defaultdict(deque)
         """Direct delivery: batches sealed (full) or sent back for a retry, oldest first."""
-        self._sender: asyncio.Task[None] | None = None
-        """Direct delivery: the task sending rounds while there are records."""
+        self._sending: set[int] = set()
+        """Direct delivery: the brokers with a produce request on its way."""
+        self._dispatch_scheduled = False
 
     async def __aenter__(self) -> KafkaPublisher:
         self._loop = asyncio.get_running_loop()
@@ -173,8 +185,14 @@ class KafkaPublisher:
             producer, self._producer = self._producer, None
             try:
                 async with asyncio.timeout(_FLUSH_TIMEOUT_SECONDS):
-                    if self._direct and (self._open or self._queued):
-                        self._kick(producer)
+                    if self._direct:
+                        # Until every batch is acknowledged, refused or past its deadline.
+                        while self._open or self._queued or self._deliveries:
+                            self._kick(producer)
+                            if self._deliveries:
+                                await asyncio.wait(self._deliveries)
+                            else:
+                                await asyncio.sleep(_RETRY_BACKOFF_SECONDS)
                     elif self._open or self._sealed:
                         self._flush(producer, everything=True)
                     if self._deliveries:
@@ -204,7 +222,7 @@ class KafkaPublisher:
         one future rather than aiokafka's per-message bookkeeping. How batches travel depends
         on idempotence:
 
-        - Off (direct delivery, `_send_rounds`): one produce request per broker at a time,
+        - Off (direct delivery, `_dispatch`): one produce request per broker at a time,
           built here from every batch that is ready, sent on aiokafka's connection; while it is
           on its way the next batches fill, and the ack answers all of its requests in one
           event-loop turn. Each batch is as large as the traffic of one round trip, and no
@@ -255,58 +273,84 @@ class KafkaPublisher:
     # Direct delivery (idempotence off) ------------------------------------------------------
 
     def _kick(self, producer: AIOKafkaProducer) -> None:
-        """Make sure a task is sending rounds. It first runs on the next event-loop turn, so
-        every record appended in this one rides the same request."""
-        if self._sender is None:
-            self._sender = self._loop.create_task(self._send_rounds(producer), name="kafka-send")
-            self._deliveries.add(self._sender)
-            self._sender.add_done_callback(self._deliveries.discard)
+        """Dispatch on the next event-loop turn, so every record appended in this one rides
+        the same request."""
+        if not self._dispatch_scheduled:
+            self._dispatch_scheduled = True
+            self._loop.call_soon(self._dispatch, producer)
 
-    def _take_round(self) -> dict[Slot, _Batch]:
-        """At most one batch per partition (a produce request may carry one), oldest first:
-        one sent back for a retry, else one that filled up, else the open one."""
-        ready: dict[Slot, _Batch] = {}
-        for slot, queue in list(self._queued.items()):
-            while queue and queue[0].settled:  # past its deadline: its senders had their 503
-                queue.popleft()
-            if queue:
-                ready[slot] = queue.popleft()
-            if not queue:
-                del self._queued[slot]
-        for slot in [slot for slot in self._open if slot not in ready]:
-            ready[slot] = self._open.pop(slot)
-        return ready
-
-    async def _send_rounds(self, producer: AIOKafkaProducer) -> None:
-        try:
-            while ready := self._take_round():
-                if not await self._send_round(producer, ready):
-                    await asyncio.sleep(_RETRY_BACKOFF_SECONDS)
-        finally:
-            self._sender = None
-
-    async def _send_round(self, producer: AIOKafkaProducer, ready: dict[Slot, _Batch]) -> bool:
-        """One produce request to each leader concerned, at once; False when some records
-        must be tried again."""
+    def _dispatch(self, producer: AIOKafkaProducer) -> None:
+        """Send each idle broker one produce request with a batch for every partition it leads
+        that has records: one per partition (a request may carry one), oldest first (one sent
+        back for a retry, else one that filled up, else the open one). A broker with a request
+        on its way is left alone until its answer, so a slow broker holds back only its own
+        partitions; a partition with no known leader waits for the metadata, within its
+        deadline."""
+        self._dispatch_scheduled = False
         client = producer.client
+        now = self._loop.time()
         by_node: dict[int, dict[Slot, _Batch]] = defaultdict(dict)
-        unplaced: list[_Batch] = []
-        for slot, batch in ready.items():
-            self._on_batch(len(batch.waiters))
+        leaderless = False
+        for slot in [*self._queued, *(s for s in self._open if s not in self._queued)]:
+            batch = self._head(slot)
+            if batch is None or batch.retry_at > now:
+                continue
             leader = client.cluster.leader_for_partition(TopicPartition(*slot))
             if leader is None or leader < 0:
-                unplaced.append(batch)
-            else:
-                by_node[leader][slot] = batch
-        if unplaced:
+                leaderless = True
+                continue
+            if leader in self._sending:
+                continue
+            self._pop(slot, batch)
+            if not batch.retry_at:  # counted once, when first sent
+                self._on_batch(len(batch.waiters))
+            by_node[leader][slot] = batch
+        if leaderless:
             client.force_metadata_update()
-            self._retry(unplaced)
-        sent = await asyncio.gather(
-            *(self._send_to(client, node, batches) for node, batches in by_node.items())
-        )
-        return not unplaced and all(sent)
+            self._loop.call_later(_RETRY_BACKOFF_SECONDS, self._kick, producer)
+        for node, batches in by_node.items():
+            self._sending.add(node)
+            task = self._loop.create_task(self._send_to(producer, node, batches))
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
 
-    async def _send_to(self, client: Any, node: int, batches: dict[Slot, _Batch]) -> bool:
+    def _head(self, slot: Slot) -> _Batch | None:
+        """The partition's next batch to send (dropping those past their deadline: their
+        senders had their 503 and will send the events again), or None."""
+        queue = self._queued.get(slot)
+        if queue is not None:
+            while queue and queue[0].settled:
+                queue.popleft()
+            if queue:
+                return queue[0]
+            del self._queued[slot]
+        return self._open.get(slot)
+
+    def _pop(self, slot: Slot, batch: _Batch) -> None:
+        queue = self._queued.get(slot)
+        if queue:
+            queue.popleft()
+            if not queue:
+                del self._queued[slot]
+        else:
+            del self._open[slot]
+
+    async def _send_to(
+        self, producer: AIOKafkaProducer, node: int, batches: dict[Slot, _Batch]
+    ) -> None:
+        """One produce request to `node`; each batch succeeds, fails, or goes back for a retry."""
+        client = producer.client
+        try:
+            again = await self._produce(client, node, batches)
+            if again:
+                self._retry(producer, again)
+        finally:
+            self._sending.discard(node)
+            if self._open or self._queued:
+                self._kick(producer)
+
+    async def _produce(self, client: Any, node: int, batches: dict[Slot, _Batch]) -> list[_Batch]:
+        """Send the request; the batches to send again."""
         topics: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
         for (topic, partition), batch in batches.items():
             topics[topic].append((partition, batch.builder._build()))
@@ -322,20 +366,20 @@ class KafkaPublisher:
             if not exc.retriable:
                 for batch in batches.values():
                     batch.fail(f"broker refused the records: {exc!r}")
-                return True
+                return []
             if getattr(exc, "invalid_metadata", False):
                 client.force_metadata_update()
-            self._retry(list(batches.values()))
-            return False
-        except Exception as exc:  # a defect: answer 503 now, keep sending the next rounds
+            return list(batches.values())
+        except Exception as exc:  # a defect: answer 503 now, keep sending the next requests
             log.exception("produce request to broker %s failed", node)
             for batch in batches.values():
                 batch.fail(f"producer error: {exc!r}")
-            return True
+            return []
+        unanswered = dict(batches)
         again: list[_Batch] = []
         for topic, partitions in response.topics:
             for info in partitions:
-                answered = batches.get((topic, info[0]))
+                answered = unanswered.pop((topic, info[0]), None)
                 if answered is None:
                     continue
                 if info[1] == 0:
@@ -350,15 +394,16 @@ class KafkaPublisher:
                     again.append(answered)
                 else:
                     answered.fail(f"broker refused the records: {error.__name__}")
-        self._retry(again)
-        return not again
+        return again + list(unanswered.values())  # a partition the answer left out: again
 
-    def _retry(self, batches: list[_Batch]) -> None:
-        """Send these again, ahead of anything newer for their partitions, unless their
-        deadline has passed (their senders had a 503 and will send the event again)."""
+    def _retry(self, producer: AIOKafkaProducer, batches: list[_Batch]) -> None:
+        """Send these again after a short wait, ahead of anything newer for their partitions,
+        unless their deadline has passed first (see _head)."""
         for batch in batches:
             if not batch.settled:
+                batch.retry_at = self._loop.time() + _RETRY_BACKOFF_SECONDS
                 self._queued[batch.slot].appendleft(batch)
+        self._loop.call_later(_RETRY_BACKOFF_SECONDS, self._kick, producer)
 
     # Delivery through the producer's sender (idempotence on) ---------------------------------
 

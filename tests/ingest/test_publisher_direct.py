@@ -40,8 +40,10 @@ class FakeClient:
     """Answers each produce request with the next scripted error code per partition (0 when
     the script is out), after `delay` seconds; remembers what every request carried."""
 
-    script: dict[int, list[int | Exception]] = field(default_factory=dict)
+    script: dict[int, list[int | Exception | None]] = field(default_factory=dict)
+    """Per partition, the next answers: an error code, an exception, or None (left out)."""
     delay: float = 0.0
+    node_delays: dict[int, float] = field(default_factory=dict)
     cluster: Cluster = field(default_factory=lambda: Cluster({}))
     requests: list[dict[int, int]] = field(default_factory=list)
     """Per request: partition -> records."""
@@ -56,7 +58,7 @@ class FakeClient:
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
-            await asyncio.sleep(self.delay)
+            await asyncio.sleep(self.node_delays.get(node, self.delay))
             [(topic, partitions)] = request._topics
             self.requests.append({p: _records(data) for p, data in partitions})
             answers = []
@@ -65,7 +67,8 @@ class FakeClient:
                 code = queue.pop(0) if queue else 0
                 if isinstance(code, Exception):
                     raise code
-                answers.append((partition, code))
+                if code is not None:
+                    answers.append((partition, code))
             return Response([(topic, answers)])
         finally:
             self.in_flight -= 1
@@ -157,3 +160,22 @@ async def test_a_broken_connection_is_retried_and_the_records_land_once_it_is_ba
     pub = await publisher(client)
     await pub.publish(TOPIC, key_for(pub, 3), b"{}", [], 2.0)
     assert client.requests == [{3: 1}, {3: 1}]
+
+
+async def test_a_slow_broker_holds_back_only_the_partitions_it_leads() -> None:
+    client = FakeClient(cluster=Cluster({0: 0, 1: 1}), node_delays={0: 2.0})
+    pub = await publisher(client, partitions=2)
+    slow = asyncio.create_task(pub.publish(TOPIC, key_for(pub, 0), b"{}", [], 3.0))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    await pub.publish(TOPIC, key_for(pub, 1), b"{}", [], 3.0)
+    assert time.monotonic() - started < 0.5
+    assert not slow.done()
+    await slow
+
+
+async def test_a_partition_the_answer_leaves_out_is_sent_again() -> None:
+    client = FakeClient(script={2: [None]})
+    pub = await publisher(client)
+    await pub.publish(TOPIC, key_for(pub, 2), b"{}", [], 2.0)
+    assert client.requests == [{2: 1}, {2: 1}]
