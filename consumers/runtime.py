@@ -156,7 +156,8 @@ class ConsumerRuntime:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; then finish the batch, commit and leave the group."""
         self._stop = stop
-        await self._ensure_schema()
+        if not await self._ensure_schema():
+            return  # stopped while the store was unavailable
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.bootstrap_servers,
             acks="all",
@@ -214,12 +215,26 @@ class ConsumerRuntime:
                     await asyncio.wait_for(self._stop.wait(), delay)
         return False
 
-    async def _ensure_schema(self) -> None:
-        if not self.service.schema:
-            return
-        async with self.store.transaction() as tx:
-            for statement in self.service.schema:
-                await tx.execute(statement)
+    async def _ensure_schema(self) -> bool:
+        """The service's own tables, waiting out an unavailable store (another process's
+        write lock, a database restarting); False when stopped first."""
+        attempt = 0
+        while self.service.schema and not self._stop.is_set():
+            try:
+                async with self.store.transaction() as tx:
+                    for statement in self.service.schema:
+                        await tx.execute(statement)
+                self._store_failing = False
+                return True
+            except StoreUnavailable as exc:
+                self._store_failing = True
+                metrics.STORE_ERRORS.labels(self.service.name).inc()
+                delay = _retry_delay(attempt)
+                attempt += 1
+                log.warning("service schema not applied (%s); retrying in %.1f s", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+        return not self._stop.is_set()
 
     async def _loop(self) -> None:
         assert self._consumer is not None  # noqa: S101

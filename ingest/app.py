@@ -329,6 +329,25 @@ def build_app(
     state = IngestState(publisher)
     app[STATE] = state
 
+    # Before the producer's context, so that its last fold comes after the producer's flush.
+    async def fold_metrics(app: web.Application) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(metrics.FOLD_SECONDS)
+                try:
+                    state.metrics.fold(state.in_flight)
+                except Exception:  # a metrics defect must not stop the folds, nor the ingester
+                    log.exception("metrics fold failed")
+
+        task = asyncio.create_task(loop(), name="metrics-fold")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        state.metrics.fold(state.in_flight)
+
+    app.cleanup_ctx.append(fold_metrics)
+
     if publisher is None:
 
         async def kafka(app: web.Application) -> AsyncIterator[None]:
@@ -344,21 +363,6 @@ def build_app(
                 yield
 
         app.cleanup_ctx.append(kafka)
-
-    async def fold_metrics(app: web.Application) -> AsyncIterator[None]:
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(metrics.FOLD_SECONDS)
-                state.metrics.fold(state.in_flight)
-
-        task = asyncio.create_task(loop(), name="metrics-fold")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        state.metrics.fold(state.in_flight)
-
-    app.cleanup_ctx.append(fold_metrics)
 
     if lines is not None:
 

@@ -36,6 +36,11 @@ _TRANSIENT = (
     asyncpg.SerializationError,
     asyncpg.LockNotAvailableError,
 )
+_REFUSED = (
+    asyncpg.InvalidPasswordError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
+)
 _UNAVAILABLE = (
     *_TRANSIENT,
     # A connection cut mid-operation (the server terminated it) can leave asyncpg's protocol in
@@ -169,6 +174,12 @@ class PostgresStore:
                 timeout=_CONNECT_TIMEOUT_SECONDS,
                 server_settings=_SESSION,
             )
+        except _REFUSED as exc:
+            # Waiting does not change these: the URL names a user, password or database the
+            # server does not have.
+            raise StoreError(
+                f"PostgreSQL at {_redacted(url)} refused the login: {exc} (check DATABASE_URL)"
+            ) from exc
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise StoreUnavailable(f"cannot reach PostgreSQL at {_redacted(url)}: {exc}") from exc
         store = cls(url, pool)

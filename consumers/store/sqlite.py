@@ -31,6 +31,12 @@ def sqlite_path(url: str) -> Path:
     return Path(url[len("sqlite:///") :])
 
 
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """Another connection holds the lock: the next attempt may succeed."""
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
 def _unavailable(exc: sqlite3.Error) -> StoreError:
     if isinstance(exc, sqlite3.OperationalError):
         return StoreUnavailable(f"SQLite: {exc}")
@@ -129,7 +135,12 @@ class SqliteStore:
         except (sqlite3.Error, OSError) as exc:
             if conn is not None:
                 conn.close()
-            raise StoreUnavailable(f"cannot open SQLite store {path}: {exc}") from exc
+            message = f"cannot open SQLite store {path}: {exc}"
+            if isinstance(exc, sqlite3.OperationalError) and _busy(exc):
+                raise StoreUnavailable(message) from exc
+            # A folder it may not write, a file that is not a database, a failed migration:
+            # waiting does not change these.
+            raise StoreError(message) from exc
         return cls(url, conn)
 
     @contextlib.asynccontextmanager

@@ -575,6 +575,29 @@ async def test_a_bad_database_url_stops_the_consumer_with_exit_2_naming_the_vari
         assert "Traceback" not in proc.stderr + proc.stdout, proc.output()
 
 
+@pytest.mark.parametrize("kind", ["postgresql: no such database", "sqlite: not a database"])
+async def test_a_store_that_waiting_cannot_fix_stops_the_consumer_with_exit_1_naming_it(
+    broker: LocalBroker, postgres_server: str, tmp_path: Path, kind: str
+) -> None:
+    if kind.startswith("postgresql"):
+        url = postgres_server.rsplit("/", 1)[0] + f"/wazza_missing_{uuid.uuid4().hex[:8]}"
+        expected = "check DATABASE_URL"
+    else:
+        garbage = tmp_path / "garbage.db"
+        garbage.write_bytes(b"this is not a SQLite database, " * 64)
+        url = f"sqlite:///{garbage}"
+        expected = "not a database"
+    env = subprocess_env(
+        DATABASE_URL=url,
+        KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
+        KAFKA_ENABLE_IDEMPOTENCE="false",
+    )
+    with running(consumer_argv("progress"), env) as proc:
+        assert await proc.wait_exit(REFUSAL_SECONDS) == 1, proc.output()
+        assert expected in proc.stderr, proc.output()
+        assert "Traceback" not in proc.stderr + proc.stdout, proc.output()
+
+
 async def test_an_unknown_service_name_stops_the_consumer_with_exit_2_naming_it(
     broker: LocalBroker, store_url: str
 ) -> None:

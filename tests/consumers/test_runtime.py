@@ -4,10 +4,12 @@ and a user's own service through the extension API."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import orjson
 import pytest
@@ -17,7 +19,7 @@ from consumers import metrics as consumer_metrics
 from consumers.runtime import ConsumerRuntime
 from consumers.service import BUILTIN, load_service
 from consumers.settings import ConsumerSettings
-from consumers.store import Store
+from consumers.store import Store, open_store
 from wazza_hooks import contract
 from wazza_hooks.localbroker import LocalBroker
 
@@ -231,3 +233,29 @@ async def test_records_of_other_types_are_counted_as_skipped_and_their_offsets_s
     assert counter("failure", "job.failed", "applied") - applied_before == 1
     assert await history(store, "job_x") == [("failure", "job.failed", ids([mine])[0], "applied")]
     assert await rows(store, "SELECT COUNT(*) FROM job_events WHERE service = 'failure'") == [(1,)]
+
+
+async def test_a_service_schema_waits_out_a_store_locked_at_start(
+    broker: LocalBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The example's own table is created once another process's write lock is released,
+    rather than the service failing at start."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    service = load_service("examples.deliveries:service")
+    topics = await make_topics(broker.bootstrap_servers)
+    body = completed("job_l", "2025-10-22T10:30:00Z")
+    await publish(broker.bootstrap_servers, topics.raw, [body])
+    store = await open_store(f"sqlite:///{tmp_path}/locked.db")
+    locker = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        async with running(store, settings_for(broker, topics), service):
+            await asyncio.sleep(2.5)  # past the 1 s busy timeout, twice
+            locker.execute("COMMIT")
+            await until(lambda: offsets_reach(store, "deliveries", 1), "the record consumed")
+        assert [tuple(r) for r in await rows(store, "SELECT job_id FROM deliveries")] == [
+            ("job_l",)
+        ]
+    finally:
+        locker.close()
+        await store.close()
