@@ -293,7 +293,9 @@ class KafkaPublisher:
         leaderless = False
         for slot in [*self._queued, *(s for s in self._open if s not in self._queued)]:
             batch = self._head(slot)
-            if batch is None or batch.retry_at > now:
+            # The retry's timer may fire a hair before its time: a millisecond of slack, or
+            # nothing would dispatch it again until the next record arrives.
+            if batch is None or batch.retry_at > now + 0.001:
                 continue
             leader = client.cluster.leader_for_partition(TopicPartition(*slot))
             if leader is None or leader < 0:
