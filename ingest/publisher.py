@@ -163,6 +163,9 @@ class KafkaPublisher:
         """Direct delivery: batches sealed (full) or sent back for a retry, oldest first."""
         self._sending: set[int] = set()
         """Direct delivery: the brokers with a produce request on its way."""
+        self._in_flight: set[Slot] = set()
+        """Direct delivery: the partitions with a batch on its way."""
+        self._backoff: asyncio.TimerHandle | None = None
         self._dispatch_scheduled = False
 
     async def __aenter__(self) -> KafkaPublisher:
@@ -290,18 +293,21 @@ class KafkaPublisher:
         client = producer.client
         now = self._loop.time()
         by_node: dict[int, dict[Slot, _Batch]] = defaultdict(dict)
-        leaderless = False
+        leaderless = waiting = False
         for slot in [*self._queued, *(s for s in self._open if s not in self._queued)]:
             batch = self._head(slot)
-            # The retry's timer may fire a hair before its time: a millisecond of slack, or
-            # nothing would dispatch it again until the next record arrives.
-            if batch is None or batch.retry_at > now + 0.001:
+            if batch is None:
+                continue
+            if batch.retry_at > now + 0.001:  # (a timer may fire a hair early)
+                waiting = True
                 continue
             leader = client.cluster.leader_for_partition(TopicPartition(*slot))
             if leader is None or leader < 0:
                 leaderless = True
                 continue
-            if leader in self._sending:
+            if leader in self._sending or slot in self._in_flight:
+                # A partition whose leader moved while a batch was on its way waits for that
+                # batch's answer, so that a retry of it is not written after newer records.
                 continue
             self._pop(slot, batch)
             if not batch.retry_at:  # counted once, when first sent
@@ -309,9 +315,11 @@ class KafkaPublisher:
             by_node[leader][slot] = batch
         if leaderless:
             client.force_metadata_update()
-            self._loop.call_later(_RETRY_BACKOFF_SECONDS, self._kick, producer)
+        if leaderless or waiting:
+            self._kick_later(producer)
         for node, batches in by_node.items():
             self._sending.add(node)
+            self._in_flight.update(batches)
             task = self._loop.create_task(self._send_to(producer, node, batches))
             self._deliveries.add(task)
             task.add_done_callback(self._deliveries.discard)
@@ -348,6 +356,7 @@ class KafkaPublisher:
                 self._retry(producer, again)
         finally:
             self._sending.discard(node)
+            self._in_flight.difference_update(batches)
             if self._open or self._queued:
                 self._kick(producer)
 
@@ -405,7 +414,17 @@ class KafkaPublisher:
             if not batch.settled:
                 batch.retry_at = self._loop.time() + _RETRY_BACKOFF_SECONDS
                 self._queued[batch.slot].appendleft(batch)
-        self._loop.call_later(_RETRY_BACKOFF_SECONDS, self._kick, producer)
+        self._kick_later(producer)
+
+    def _kick_later(self, producer: AIOKafkaProducer) -> None:
+        """One dispatch after the backoff, however many ask for it meanwhile."""
+        if self._backoff is None:
+
+            def kick() -> None:
+                self._backoff = None
+                self._kick(producer)
+
+            self._backoff = self._loop.call_later(_RETRY_BACKOFF_SECONDS, kick)
 
     # Delivery through the producer's sender (idempotence on) ---------------------------------
 

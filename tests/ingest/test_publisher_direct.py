@@ -179,3 +179,17 @@ async def test_a_partition_the_answer_leaves_out_is_sent_again() -> None:
     pub = await publisher(client)
     await pub.publish(TOPIC, key_for(pub, 2), b"{}", [], 2.0)
     assert client.requests == [{2: 1}, {2: 1}]
+
+
+async def test_a_partition_whose_leader_moves_keeps_its_order_across_the_move() -> None:
+    client = FakeClient(script={0: [NOT_LEADER]}, node_delays={0: 0.2}, cluster=Cluster({0: 0}))
+    pub = await publisher(client, partitions=1)
+    key = key_for(pub, 0)
+    first = asyncio.create_task(pub.publish(TOPIC, key, b"1", [], 3.0))
+    await asyncio.sleep(0.05)  # on its way to broker 0
+    client.cluster.leaders[0] = 1  # the leader moves
+    later = [pub.publish(TOPIC, key, b"%d" % i, [], 3.0) for i in (2, 3)]
+    await asyncio.gather(first, *later)
+    # The newer records wait for the first batch's answer (refused: not the leader), then for
+    # its retry to the new leader.
+    assert client.requests == [{0: 1}, {0: 1}, {0: 2}]
