@@ -19,8 +19,8 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -43,6 +43,8 @@ from .settings import ConsumerSettings
 from .store import Store, StoreError, StoreUnavailable, open_store
 
 log = logging.getLogger("wazza.consumers.runtime")
+
+T = TypeVar("T")
 
 # A store (or, at start, a broker) that is down is retried with these waits (then the last one,
 # forever): soon enough to resume within seconds of its return, slow enough not to hammer it.
@@ -68,6 +70,33 @@ def _retry_delay(attempt: int) -> float:
     return _STORE_RETRY_DELAYS[min(attempt, len(_STORE_RETRY_DELAYS) - 1)]
 
 
+async def retrying_store(
+    operation: Callable[[], Awaitable[T]],
+    service: str,
+    stop: asyncio.Event,
+    what: Callable[[], str],
+    on_unavailable: Callable[[StoreUnavailable], None] = lambda exc: None,
+) -> T | None:
+    """`operation()`, tried again on the store-retry schedule while it raises StoreUnavailable
+    (each failure counted in the store-errors metric and logged as `what()`); None when `stop`
+    is set while it waits. Any other error is raised."""
+    attempt = 0
+    while True:
+        try:
+            return await operation()
+        except StoreUnavailable as exc:
+            metrics.STORE_ERRORS.labels(service).inc()
+            on_unavailable(exc)
+            delay = _retry_delay(attempt)
+            attempt += 1
+            log.warning("%s (%s); retrying in %.1f s", what(), exc, delay)
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                continue
+            return None
+
+
 async def open_store_when_available(
     url: str,
     service: str,
@@ -80,19 +109,11 @@ async def open_store_when_available(
     batches' retry schedule, so a consumer started before its database (a compose stack, a pod
     scheduled first) begins when the database does; any other StoreError (a failed migration)
     is raised."""
-    attempt = 0
-    while not stop.is_set():
-        try:
-            return await open_store(url)
-        except StoreUnavailable as exc:
-            metrics.STORE_ERRORS.labels(service).inc()
-            on_unavailable(exc)
-            delay = _retry_delay(attempt)
-            attempt += 1
-            log.warning("store unavailable at start (%s); retrying in %.1f s", exc, delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-    return None
+    if stop.is_set():
+        return None
+    return await retrying_store(
+        lambda: open_store(url), service, stop, lambda: "store unavailable at start", on_unavailable
+    )
 
 
 class DeadLetterUnavailable(StoreUnavailable):
@@ -218,23 +239,31 @@ class ConsumerRuntime:
     async def _ensure_schema(self) -> bool:
         """The service's own tables, waiting out an unavailable store (another process's
         write lock, a database restarting); False when stopped first."""
-        attempt = 0
-        while self.service.schema and not self._stop.is_set():
-            try:
-                async with self.store.transaction() as tx:
-                    for statement in self.service.schema:
-                        await tx.execute(statement)
-                self._store_failing = False
-                return True
-            except StoreUnavailable as exc:
-                self._store_failing = True
-                metrics.STORE_ERRORS.labels(self.service.name).inc()
-                delay = _retry_delay(attempt)
-                attempt += 1
-                log.warning("service schema not applied (%s); retrying in %.1f s", exc, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
-        return not self._stop.is_set()
+        if not self.service.schema:
+            return True
+        if self._stop.is_set():
+            return False
+
+        async def apply() -> bool:
+            async with self.store.transaction() as tx:
+                for statement in self.service.schema:
+                    await tx.execute(statement)
+            return True
+
+        return await self._retrying(apply, lambda: "service schema not applied") is not None
+
+    async def _retrying(
+        self, operation: Callable[[], Awaitable[T]], what: Callable[[], str]
+    ) -> T | None:
+        """retrying_store for this service, keeping readiness's store flag current."""
+
+        def failing(exc: StoreUnavailable) -> None:
+            self._store_failing = True
+
+        result = await retrying_store(operation, self.service.name, self._stop, what, failing)
+        if result is not None:
+            self._store_failing = False
+        return result
 
     async def _loop(self) -> None:
         assert self._consumer is not None  # noqa: S101
@@ -356,38 +385,25 @@ class ConsumerRuntime:
     async def _apply_until_done(
         self, partitions: dict[int, list[Record]], spans: dict[int, tuple[int, int]]
     ) -> BatchResult | None:
-        attempt = 0
-        while True:
-            try:
-                result = await apply_batch(
-                    self.store,
-                    self.service,
-                    self._topic,
-                    partitions,
-                    self._dead_letter,
-                    frozenset(self._gaps),
-                    spans,
-                )
-                self._store_failing = False
-                return result
-            except StoreUnavailable as exc:
-                self._store_failing = True
-                metrics.STORE_ERRORS.labels(self.service.name).inc()
-                delay = _retry_delay(attempt)
-                attempt += 1
-                first = min(spans[p][0] for p in partitions)
-                log.warning(
-                    "%s: batch from offset %d not applied (%s); retrying in %.1f s",
-                    self._topic,
-                    first,
-                    exc,
-                    delay,
-                )
-                try:
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                except TimeoutError:
-                    continue
-                return None
+        """The batch applied, however long the store is unavailable; None when stopping
+        during an outage (nothing stored, nothing lost)."""
+
+        def what() -> str:
+            first = min(spans[p][0] for p in partitions)
+            return f"{self._topic}: batch from offset {first} not applied"
+
+        return await self._retrying(
+            lambda: apply_batch(
+                self.store,
+                self.service,
+                self._topic,
+                partitions,
+                self._dead_letter,
+                frozenset(self._gaps),
+                spans,
+            ),
+            what,
+        )
 
     async def _dead_letter(self, record: Record, error: BaseException) -> None:
         assert self._producer is not None  # noqa: S101

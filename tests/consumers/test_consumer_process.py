@@ -560,6 +560,14 @@ async def test_sigterm_on_an_idle_consumer_exits_0_within_15_seconds(
             assert "Traceback" not in proc.stderr + proc.stdout, proc.output()
 
 
+async def assert_refused(argv: list[str], env: dict[str, str], code: int, naming: str) -> None:
+    """The consumer stops at once with `code`, its stderr naming the problem, no traceback."""
+    with running(argv, env) as proc:
+        assert await proc.wait_exit(REFUSAL_SECONDS) == code, proc.output()
+        assert naming in proc.stderr, proc.output()
+        assert "Traceback" not in proc.stderr + proc.stdout, proc.output()
+
+
 @pytest.mark.parametrize("url", ["mysql://x", "sqlite:wazza.db"])
 async def test_a_bad_database_url_stops_the_consumer_with_exit_2_naming_the_variable(
     broker: LocalBroker, url: str
@@ -569,10 +577,7 @@ async def test_a_bad_database_url_stops_the_consumer_with_exit_2_naming_the_vari
         KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
         KAFKA_ENABLE_IDEMPOTENCE="false",
     )
-    with running(consumer_argv("progress"), env) as proc:
-        assert await proc.wait_exit(REFUSAL_SECONDS) == 2, proc.output()
-        assert "DATABASE_URL" in proc.stderr, proc.output()
-        assert "Traceback" not in proc.stderr + proc.stdout, proc.output()
+    await assert_refused(consumer_argv("progress"), env, 2, "DATABASE_URL")
 
 
 @pytest.mark.parametrize("kind", ["postgresql: no such database", "sqlite: not a database"])
@@ -592,10 +597,7 @@ async def test_a_store_that_waiting_cannot_fix_stops_the_consumer_with_exit_1_na
         KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
         KAFKA_ENABLE_IDEMPOTENCE="false",
     )
-    with running(consumer_argv("progress"), env) as proc:
-        assert await proc.wait_exit(REFUSAL_SECONDS) == 1, proc.output()
-        assert expected in proc.stderr, proc.output()
-        assert "Traceback" not in proc.stderr + proc.stdout, proc.output()
+    await assert_refused(consumer_argv("progress"), env, 1, expected)
 
 
 async def test_an_unknown_service_name_stops_the_consumer_with_exit_2_naming_it(
@@ -603,10 +605,7 @@ async def test_an_unknown_service_name_stops_the_consumer_with_exit_2_naming_it(
 ) -> None:
     topics = await make_topics(broker.bootstrap_servers, partitions=PARTITIONS)
     env = consumer_env(broker, topics, store_url, group_prefix())
-    with running(consumer_argv("no-such-service"), env) as proc:
-        assert await proc.wait_exit(REFUSAL_SECONDS) == 2, proc.output()
-        assert "no-such-service" in proc.stderr, proc.output()
-        assert "Traceback" not in proc.stderr + proc.stdout, proc.output()
+    await assert_refused(consumer_argv("no-such-service"), env, 2, "no-such-service")
 
 
 # --- the store down for a while ---------------------------------------------------------------
@@ -652,6 +651,27 @@ async def store_down(store_url: str, postgres_server: str) -> AsyncIterator[None
     else:
         async with postgres_refusing(postgres_server, store_url):
             yield
+
+
+async def assert_all_applied_once(
+    broker: LocalBroker,
+    topics: Topics,
+    store_url: str,
+    workload: Workload,
+    services: Sequence[str],
+    procs: Sequence[Running],
+    when: str,
+) -> None:
+    """Every service reaches the topic's end, and applied each event of the workload once."""
+    ends = await end_offsets(broker.bootstrap_servers, topics.raw, len(workload.stream))
+    async with opened(store_url) as store:
+        await eventually(
+            lambda: caught_up(store, topics.raw, ends, services),
+            SETTLE_SECONDS,
+            f"every offset at the topic's end {ends} {when}",
+            procs,
+        )
+        await assert_each_event_applied_once(store, workload, services)
 
 
 async def test_a_store_outage_is_waited_out_by_the_same_process_and_skips_nothing(
@@ -703,15 +723,9 @@ async def test_a_store_outage_is_waited_out_by_the_same_process_and_skips_nothin
             await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - started)))
 
         await publish(broker.bootstrap_servers, topics.raw, last)
-        ends = await end_offsets(broker.bootstrap_servers, topics.raw, len(workload.stream))
-        async with opened(store_url) as store:
-            await eventually(
-                lambda: caught_up(store, topics.raw, ends, services),
-                SETTLE_SECONDS,
-                f"every offset at the topic's end {ends} after the outage",
-                procs,
-            )
-            await assert_each_event_applied_once(store, workload, services)
+        await assert_all_applied_once(
+            broker, topics, store_url, workload, services, procs, "after the outage"
+        )
         assert_still_running(procs)
         assert [p.pid for p in procs] == pids
         for port in ports:
@@ -755,15 +769,9 @@ async def test_a_consumer_started_while_its_store_is_down_waits_for_it_and_appli
             assert await probe(port, "/healthz") == (200, {"status": "ok"})
             await asyncio.sleep(OUTAGE_SECONDS / 2)
             assert_still_running([proc])
-        ends = await end_offsets(broker.bootstrap_servers, topics.raw, len(workload.stream))
-        async with opened(store_url) as store:
-            await eventually(
-                lambda: caught_up(store, topics.raw, ends, services),
-                SETTLE_SECONDS,
-                f"every offset at the topic's end {ends} once the store is back",
-                [proc],
-            )
-            await assert_each_event_applied_once(store, workload, services)
+        await assert_all_applied_once(
+            broker, topics, store_url, workload, services, [proc], "once the store is back"
+        )
         assert await probe(port, "/readyz") == (200, {"status": "ready"})
         assert await metric(port, "wazza_consumer_store_errors_total") > 0, proc.output()
         assert "Traceback" not in proc.stderr, proc.output()
