@@ -9,8 +9,6 @@ unexpected error is logged and answered 503 too, so the sender retries and nothi
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +19,7 @@ from aiohttp import web
 
 from wazza_hooks import contract
 from wazza_hooks.logs import JsonLines
+from wazza_hooks.periodic import periodically
 
 from . import metrics
 from .allowlist import Allowlist
@@ -331,20 +330,8 @@ def build_app(
 
     # Before the producer's context, so that its last fold comes after the producer's flush.
     async def fold_metrics(app: web.Application) -> AsyncIterator[None]:
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(metrics.FOLD_SECONDS)
-                try:
-                    state.metrics.fold(state.in_flight)
-                except Exception:  # a metrics defect must not stop the folds, nor the ingester
-                    log.exception("metrics fold failed")
-
-        task = asyncio.create_task(loop(), name="metrics-fold")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        state.metrics.fold(state.in_flight)
+        async with periodically(metrics.FOLD_SECONDS, lambda: state.metrics.fold(state.in_flight)):
+            yield
 
     app.cleanup_ctx.append(fold_metrics)
 

@@ -9,15 +9,15 @@ ingester's time (the buffer's write calls and the system calls behind its small 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator
 from typing import IO, Any
 
 import orjson
+
+from .periodic import periodically
 
 # Log lines reach a terminal or a shipper within this long even when traffic is light.
 _FLUSH_SECONDS = 0.25
@@ -55,23 +55,11 @@ class JsonLines:
                 self._stream.write(b"".join(pending))
             self._stream.flush()
 
-    @contextlib.asynccontextmanager
-    async def flush_every(self, seconds: float = _FLUSH_SECONDS) -> AsyncIterator[None]:
+    def flush_every(
+        self, seconds: float = _FLUSH_SECONDS
+    ) -> contextlib.AbstractAsyncContextManager[None]:
         """Flush periodically while the context is open, and once at its end."""
-
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(seconds)
-                self.flush()
-
-        task = asyncio.create_task(loop(), name="log-flush")
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            self.flush()
+        return periodically(seconds, self.flush)
 
 
 class _JsonFormatter(logging.Formatter):
