@@ -16,6 +16,7 @@ from aiokafka.errors import KafkaError, for_code
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.protocol.produce import ProduceRequest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import TopicPartition
 
 from wazza_hooks.contract import KafkaHeaders
@@ -64,8 +65,11 @@ class _Batch:
 
     __slots__ = (
         "builder",
+        "built",
+        "count",
         "deadline",
         "holds_slot",
+        "records",
         "retry_at",
         "settled",
         "slot",
@@ -73,8 +77,26 @@ class _Batch:
         "waiters",
     )
 
-    def __init__(self, builder: BatchBuilder, slot: tuple[str, int], deadline: float) -> None:
+    def __init__(
+        self, builder: BatchBuilder | None, slot: tuple[str, int], deadline: float
+    ) -> None:
         self.builder = builder
+        """Delivery through the producer's sender: its batch, which it numbers and sends."""
+        self.records: DefaultRecordBatchBuilder | None = None
+        """Direct delivery: the record batch itself (aiokafka's C builder, without the
+        producer's wrapper around it), built into `built` when first sent."""
+        if builder is None:
+            self.records = DefaultRecordBatchBuilder(
+                2,  # magic: the v2 record batch, with headers
+                0,  # no compression: webhook bodies are small, and compressing them costs CPU
+                is_transactional=0,
+                producer_id=-1,
+                producer_epoch=-1,
+                base_sequence=0,
+                batch_size=_MAX_BATCH_BYTES,
+            )
+        self.built: bytes | None = None
+        self.count = 0
         self.slot = slot
         self.deadline = deadline
         self.settled = False
@@ -85,6 +107,26 @@ class _Batch:
         self.waiters: list[asyncio.Future[None]] = []
         self.retry_at = 0.0
         """Direct delivery: not sent again before this loop time (0: never sent back)."""
+
+    def add(self, key: bytes | None, value: bytes, headers: KafkaHeaders) -> bool:
+        """Append one record; False when the batch is full (a first record always fits)."""
+        records = self.records
+        if records is None:
+            assert self.builder is not None  # noqa: S101
+            added = self.builder.append(timestamp=None, key=key, value=value, headers=headers)
+            return added is not None
+        if records.append(self.count, None, key=key, value=value, headers=headers) is None:
+            return False
+        self.count += 1
+        return True
+
+    def payload(self) -> bytes:
+        """Direct delivery: the encoded record batch (built once; a retry sends it again)."""
+        if self.built is None:
+            assert self.records is not None  # noqa: S101
+            self.built = self.records.build()
+            self.records = None
+        return self.built
 
     def succeed(self) -> None:
         self._settle()
@@ -245,7 +287,7 @@ class KafkaPublisher:
         batch = self._open.get(slot)
         if batch is None:
             batch = self._open_batch(producer, slot, ack_timeout)
-        if batch.builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+        if not batch.add(key, value, headers):
             # Full: it goes now, whatever is in flight, and the next one starts.
             del self._open[slot]
             if self._direct:
@@ -255,7 +297,7 @@ class KafkaPublisher:
             batch = self._open_batch(producer, slot, ack_timeout)
             if not self._direct:
                 self._schedule_flush(producer)
-            if batch.builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+            if not batch.add(key, value, headers):
                 raise PublishError("record larger than the producer's batch size")
         waiter: asyncio.Future[None] = self._loop.create_future()
         batch.waiters.append(waiter)
@@ -264,7 +306,8 @@ class KafkaPublisher:
     def _open_batch(
         self, producer: AIOKafkaProducer, slot: tuple[str, int], ack_timeout: float
     ) -> _Batch:
-        batch = _Batch(producer.create_batch(), slot, self._loop.time() + ack_timeout)
+        builder = None if self._direct else producer.create_batch()
+        batch = _Batch(builder, slot, self._loop.time() + ack_timeout)
         batch.timer = self._loop.call_at(batch.deadline, self._expire, producer, batch)
         self._open[slot] = batch
         if self._direct:
@@ -364,7 +407,7 @@ class KafkaPublisher:
         """Send the request; the batches to send again."""
         topics: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
         for (topic, partition), batch in batches.items():
-            topics[topic].append((partition, batch.builder._build()))
+            topics[topic].append((partition, batch.payload()))
         request = ProduceRequest(
             required_acks=-1,
             timeout=_DELIVERY_TIMEOUT_MS,
