@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from wazza_hooks import contract
 from wazza_hooks.logs import JsonLines
@@ -52,6 +52,8 @@ class IngestState:
         """Webhook requests being handled now; a graceful stop waits for it to reach 0."""
         self.metrics = metrics.HotPath()
         """Per-request metrics, folded into Prometheus's periodically and before a scrape."""
+        self.webhooks: WebhookHandler | None = None
+        """The webhook path's handler, for `direct_dispatch`; set by build_app."""
 
 
 STATE: Final = web.AppKey("wazza_ingest_state", IngestState)
@@ -120,6 +122,7 @@ class WebhookHandler:
         self._clock = clock
         self._retry_after = str(settings.retry_after_seconds)
         self._timeout = settings.publish_timeout_seconds
+        self.path = settings.webhook_path
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -195,7 +198,7 @@ class WebhookHandler:
             fields["reason"] = exc.reason
             outcome = "stale_timestamp" if exc.stale else "invalid_signature"
             return outcome, _refusal(401, exc.reason, exc.detail)
-        state = request.app[STATE]
+        state = self._state
         publisher = state.publisher
         assert publisher is not None, "the publisher is set before the app serves"  # noqa: S101
         envelope_id = verified.event_id or contract.body_event_id(body)
@@ -208,23 +211,19 @@ class WebhookHandler:
             )
         fields["event"] = event_type
         fields["job_id"] = job_id
-        envelope = contract.RawEnvelope(
-            event_type=event_type,
-            event_id=envelope_id,
-            received_at_ms=int(now * 1000),
-            signature_timestamp=verified.timestamp,
-            content_type=content_type,
-            ingester=settings.instance_id,
-            scheme=verified.scheme,
+        record_headers = contract.raw_headers(
+            event_type,
+            envelope_id,
+            int(now * 1000),
+            verified.timestamp,
+            content_type,
+            settings.instance_id,
+            verified.scheme,
         )
         published = time.perf_counter()
         try:
             await publisher.publish(
-                settings.raw_topic,
-                contract.job_key(job_id),
-                body,
-                envelope.to_headers(),
-                self._timeout,
+                settings.raw_topic, contract.job_key(job_id), body, record_headers, self._timeout
             )
         except PublishError as exc:
             state.metrics.publish_raw_failed.observe(time.perf_counter() - published)
@@ -360,9 +359,36 @@ def build_app(
         app.cleanup_ctx.append(flush_logs)
 
     handler = WebhookHandler(settings, state, lines, clock)
+    state.webhooks = handler
     app.router.add_route("*", settings.webhook_path, handler.handle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app
+
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def direct_dispatch(app: web.Application) -> Handler:
+    """A request handler for the app's server that takes webhook requests straight to
+    `WebhookHandler.handle`, and leaves every other request to the application as before.
+
+    The application's own dispatch (router lookup, match info, middleware chain) is the same
+    work for every request and cost about 5 us of the ~110 us a webhook costs (py-spy under
+    `make bench`); the webhook path needs none of it. A request with `Expect: 100-continue`
+    still goes the application's way, which answers the expectation.
+    """
+    handler = app[STATE].webhooks
+    assert handler is not None, "build_app sets the webhook handler"  # noqa: S101
+    handle = handler.handle
+    path = handler.path
+    via_app = app._handle
+
+    async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
+        if request.path == path and hdrs.EXPECT not in request.headers:
+            return await handle(request)  # type: ignore[arg-type]
+        return await via_app(request)  # type: ignore[arg-type]
+
+    return dispatch

@@ -10,6 +10,7 @@ worker to finish its in-flight requests.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import shutil
 import signal
@@ -122,15 +123,23 @@ async def _run(app: Any, host: str, port: int, *, reuse_port: bool, lines: Any) 
 
     from aiohttp import web
 
-    from .app import STATE
+    from .app import STATE, direct_dispatch
 
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT_SECONDS
     )
     await runner.setup()
+    assert runner.server is not None  # noqa: S101 - set by setup()
+    # Every connection takes its handler from the server when it opens: none is open yet.
+    runner.server.request_handler = direct_dispatch(app)
     try:
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
         await site.start()
+        # What exists now (modules, the app, the producer) lives as long as the process: kept out
+        # of the collector's reach, a full collection under load scans only what came later
+        # (measured: one took 46 ms with everything in reach, a pause every in-flight request
+        # waited out).
+        gc.freeze()
         lines.emit({"ts": round(time.time(), 3), "msg": "listening", "host": host, "port": port})
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()

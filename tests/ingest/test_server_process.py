@@ -467,6 +467,42 @@ async def test_each_request_gets_one_json_log_line_without_secret_or_signature(
         assert headers["X-Wazza-Signature"] not in everything
 
 
+async def test_the_process_routes_every_path_as_the_application_declares_it(
+    broker: LocalBroker, topics: Topics
+) -> None:
+    """The process hands webhook requests to the handler directly (ingest.app.direct_dispatch);
+    every other request, and a webhook that expects `100 Continue`, still reaches the same
+    answer through the application's router."""
+    port = free_port()
+    plain_job, expecting_job = job_id(), job_id()
+    plain, expecting = completed_body(plain_job), completed_body(expecting_job)
+    base = f"http://127.0.0.1:{port}"
+    with running(ingest_argv(port), ingest_env(broker, topics)) as proc:
+        await wait_ready(proc, port)
+        async with fresh_connections() as session:
+            assert await post(session, port, plain, signed(plain)) == 200
+            async with session.post(
+                f"{base}{WEBHOOK_PATH}",
+                data=expecting,
+                headers=signed(expecting),
+                expect100=True,
+                timeout=aiohttp.ClientTimeout(total=10),
+            ) as resp:
+                assert (resp.status, await resp.json()) == (200, {"received": True})
+            async with session.get(f"{base}{WEBHOOK_PATH}") as resp:
+                assert (resp.status, resp.headers["Allow"]) == (405, "POST")
+            async with session.post(f"{base}{WEBHOOK_PATH}/", data=plain) as resp:
+                assert (resp.status, (await resp.json())["error"]) == (404, "not_found")
+            async with session.get(f"{base}/healthz") as resp:
+                assert (resp.status, await resp.json()) == (200, {"status": "ok"})
+            async with session.get(f"{base}/elsewhere") as resp:
+                assert (resp.status, (await resp.json())["error"]) == (404, "not_found")
+        records = await read_topic(broker.bootstrap_servers, topics.raw, expect=2)
+    assert sorted((r.key, r.value) for r in records) == sorted(
+        [(plain_job.encode(), plain), (expecting_job.encode(), expecting)]
+    )
+
+
 def test_a_refused_start_logs_no_error_about_an_unclosed_broker_client(
     broker: LocalBroker, topics: Topics, taken_port: int
 ) -> None:
