@@ -5,6 +5,7 @@ without restarting the ingester."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -50,6 +51,32 @@ async def wait_ready(http: ClientSession, url: str) -> None:
                 return
         await asyncio.sleep(0.05)
     pytest.fail("the ingester never became ready")
+
+
+def thread_states(pid: int) -> list[str]:
+    """The scheduler state letter of each thread of the process (R, S, T for stopped...)."""
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            stat = (task / "stat").read_text()
+            states.append(stat[stat.rindex(")") + 2])  # the field after the (name)
+    return states
+
+
+async def hang(pid: int) -> None:
+    """SIGSTOP the process and return once every thread of it has stopped.
+
+    kill() returns before the stop takes hold: the kernel wakes one thread to start the group
+    stop, and on a loaded machine the others may go on for milliseconds, answering a produce
+    request sent meanwhile (seen in CI as a 200 among the hung broker's answers)."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        states = thread_states(pid)
+        if states and all(state in "Tt" for state in states):
+            return
+        await asyncio.sleep(0.005)
+    pytest.fail(f"the broker (pid {pid}) did not stop within 10 s of SIGSTOP")
 
 
 async def create_topics(broker: LocalBroker) -> None:
@@ -149,8 +176,8 @@ async def test_a_hung_broker_gives_503s_within_the_deadline_and_every_200_is_dur
                     results[job] = status
 
             await asyncio.gather(*(flow(lane, "up", 5) for lane in range(4)))
-            os.kill(broker.pid, signal.SIGSTOP)
             try:
+                await hang(broker.pid)
                 await asyncio.gather(*(flow(lane, "hung", 3) for lane in range(4)))
             finally:
                 os.kill(broker.pid, signal.SIGCONT)
