@@ -2,12 +2,15 @@
 
 Statements run on the event loop's thread: each takes microseconds on a local file, and a batch
 is one transaction. Several services (processes) share the file; SQLite serialises their write
-transactions, and one that finds the file locked for longer than the busy timeout is told
-StoreUnavailable and retries later without advancing.
+transactions. Waiting for the write lock never holds the event loop for more than a few
+milliseconds at a time (its health endpoints and Kafka heartbeats go on meanwhile); one that finds
+the file locked for longer than the busy timeout is told StoreUnavailable and retries later
+without advancing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
@@ -17,9 +20,16 @@ from typing import Any
 from . import Column, StoreError, StoreUnavailable
 from .schema import MIGRATIONS, VERSION_TABLE
 
-# Long enough to ride out another service's batch commit, short enough not to stall this
-# process's event loop (and its Kafka heartbeats) while it waits.
+# How long a transaction waits for the write lock: long enough to ride out other services' batch
+# commits, short enough to report an unusable store soon.
 _BUSY_TIMEOUT_MS = 1000
+# Within that, SQLite's own busy handler (which sleeps in the calling thread) waits at most this
+# long at a time; between its attempts the event loop runs. A write lock held by another service's
+# commit is usually free again within it. (Reads, which in WAL mode meet a lock only in brief
+# moments such as the last connection's checkpoint, wait this long too.)
+_BLOCKING_WAIT_MS = 10
+# The pause on the event loop between attempts, growing to the last.
+_LOCK_PAUSES = (0.005, 0.01, 0.02, 0.05)
 # Page cache per connection (KiB).
 _CACHE_KIB = 64 * 1024
 
@@ -131,7 +141,8 @@ class SqliteStore:
             # every batch.
             conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
             conn.execute(VERSION_TABLE)
-            _migrate(conn)
+            _migrate(conn)  # at the start: waiting the full busy timeout here is fine
+            conn.execute(f"PRAGMA busy_timeout={_BLOCKING_WAIT_MS}")
         except (sqlite3.Error, OSError) as exc:
             if conn is not None:
                 conn.close()
@@ -143,12 +154,26 @@ class SqliteStore:
             raise StoreError(message) from exc
         return cls(url, conn)
 
+    async def _begin(self) -> None:
+        """BEGIN IMMEDIATE, waiting for the write lock up to the busy timeout without holding the
+        event loop more than _BLOCKING_WAIT_MS at a time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _BUSY_TIMEOUT_MS / 1000
+        attempt = 0
+        while True:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.Error as exc:
+                busy = isinstance(exc, sqlite3.OperationalError) and _busy(exc)
+                if not busy or loop.time() >= deadline:
+                    raise _unavailable(exc) from exc
+            await asyncio.sleep(_LOCK_PAUSES[min(attempt, len(_LOCK_PAUSES) - 1)])
+            attempt += 1
+
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteTx]:
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise _unavailable(exc) from exc
+        await self._begin()
         try:
             yield _SqliteTx(self._conn)
         except BaseException:

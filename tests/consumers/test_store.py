@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from consumers.batch import Record, apply_batch, prune_dedup_keys, stored_offsets
 from consumers.service import BUILTIN
-from consumers.store import Store, StoreError, open_store
+from consumers.store import Store, StoreError, StoreUnavailable, open_store
 from consumers.store.schema import MIGRATIONS
 
 from .helpers import completed, envelope_of, job, progress
@@ -127,3 +128,77 @@ async def test_opening_a_current_sqlite_store_needs_no_write_lock(tmp_path: Path
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+class LoopGaps:
+    """The longest time the event loop went without running a 1 ms ticker."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.001)
+            now = time.monotonic()
+            self.longest = max(self.longest, now - last)
+            last = now
+
+    async def __aenter__(self) -> LoopGaps:
+        self._task = asyncio.get_running_loop().create_task(self._tick())
+        await asyncio.sleep(0)  # the ticker has started
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        await asyncio.sleep(0.005)  # the ticker measures the gap up to now
+        self._task.cancel()
+
+
+async def test_a_batch_waits_for_sqlites_write_lock_without_holding_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    """Another service holds the write lock for half a second: the transaction waits for it,
+    while the loop goes on (the holder's release is itself a callback on this loop, so a
+    blocking wait would run out its busy timeout and fail)."""
+    url = f"sqlite:///{tmp_path}/shared.db"
+    store = await open_store(url)
+    holder = sqlite3.connect(tmp_path / "shared.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        asyncio.get_running_loop().call_later(0.5, holder.execute, "ROLLBACK")
+        async with LoopGaps() as gaps:
+            started = time.monotonic()
+            async with store.transaction() as tx:
+                await tx.execute("INSERT INTO schema_version (version) VALUES (998)")
+            waited = time.monotonic() - started
+        assert waited > 0.45  # (past 1 s it would have raised StoreUnavailable)
+        assert gaps.longest < 0.25, f"the loop was held {gaps.longest * 1000:.0f} ms at once"
+        async with store.reader() as tx:
+            assert await tx.fetchone("SELECT version FROM schema_version WHERE version = 998")
+    finally:
+        holder.close()
+        await store.close()
+
+
+async def test_a_write_lock_held_past_the_busy_timeout_is_store_unavailable(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path}/held.db"
+    store = await open_store(url)
+    holder = sqlite3.connect(tmp_path / "held.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        async with LoopGaps() as gaps:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="locked"):
+                async with store.transaction():
+                    pytest.fail("the transaction began while another held the write lock")
+            waited = time.monotonic() - started
+        assert 0.95 < waited < 2.0  # the busy timeout, 1 s
+        assert gaps.longest < 0.25, f"the loop was held {gaps.longest * 1000:.0f} ms at once"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        await store.close()
