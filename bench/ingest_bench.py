@@ -4,7 +4,8 @@
 (b) `wazza-ingest --workers 1` publishing every request to the local broker with acks=all.
 Both take the same load from wrk (64 connections, valid signed requests, spec payloads over
 1,000 jobs) on loopback. Rounds alternate a/b so that the machine's noise falls on both; the
-best round of each is compared. Bar: (b) >= 0.8 x (a) req/s and (b) p99 <= 10 ms.
+best round of each is compared. Bar: (b) >= 0.8 x (a) req/s and (b) p99 <= 10 ms. Each round's
+own ratio, their median and the worst ingest p99 are printed beside the verdict, for the spread.
 
 Results are printed and written as JSON under bench/results/.
 """
@@ -20,6 +21,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -234,6 +236,23 @@ def measure(
             proc.kill()
 
 
+def code_version() -> dict[str, Any]:
+    """The commit measured, and whether the work tree differed from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:  # no git: a copy of the sources
+        return {"commit": None, "modified": None}
+    return {"commit": commit or None, "modified": bool(changed) if commit else None}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=15, help="measured seconds per round")
@@ -280,6 +299,13 @@ def main() -> int:
         ratio = best["ingest"]["rps"] / best["baseline"]["rps"]
         p99_ms = best["ingest"]["p99_us"] / 1000
         passed = ratio >= BAR_RATIO and p99_ms <= BAR_P99_MS
+        # The spread, beside the verdict: each round's own ratio (its a and b back to back) and
+        # the worst p99 of any ingest round.
+        round_ratios = [
+            round(i["rps"] / b["rps"], 3)
+            for b, i in zip(rounds["baseline"], rounds["ingest"], strict=True)
+        ]
+        worst_p99_ms = max(res["p99_us"] for res in rounds["ingest"]) / 1000
         report = {
             "benchmark": "ingest",
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -288,6 +314,7 @@ def main() -> int:
                 "python": platform.python_version(),
                 "platform": platform.platform(),
             },
+            "code": code_version(),
             "load": {
                 "connections": args.connections,
                 "seconds": args.seconds,
@@ -298,6 +325,9 @@ def main() -> int:
             "best": best,
             "ratio": round(ratio, 3),
             "ingest_p99_ms": p99_ms,
+            "round_ratios": round_ratios,
+            "median_round_ratio": statistics.median(round_ratios),
+            "worst_ingest_p99_ms": worst_p99_ms,
             "bar": {"ratio": BAR_RATIO, "p99_ms": BAR_P99_MS, "passed": passed},
         }
         out = RESULTS / f"ingest-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.json"
@@ -314,6 +344,11 @@ def main() -> int:
         print(
             f"ratio ingest/baseline = {ratio:.3f} (bar {BAR_RATIO}); ingest p99 = {p99_ms:.2f} ms "
             f"(bar {BAR_P99_MS}): {verdict}"
+        )
+        print(
+            f"per round: ratios {', '.join(f'{r:.3f}' for r in round_ratios)} "
+            f"(median {statistics.median(round_ratios):.3f}); "
+            f"worst ingest p99 {worst_p99_ms:.2f} ms"
         )
         print(f"written: {out.relative_to(ROOT)}")
         return 0 if passed else 1
