@@ -24,7 +24,8 @@ environment:
   WAZZA_RAW_TOPIC, WAZZA_DLQ_TOPIC, WAZZA_CONSUMER_BATCH_SIZE, WAZZA_DEDUP_RETENTION_SECONDS
 
 examples:
-  wazza-consumer completion --metrics-port 9101
+  KAFKA_ENABLE_IDEMPOTENCE=false wazza-consumer completion --metrics-port 9101
+      (against the local broker, `wazza-hooks broker`, which refuses idempotent producers)
   DATABASE_URL=postgresql://wazza@db/wazza wazza-consumer progress
   wazza-consumer myapp.notify:service
 """

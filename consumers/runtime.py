@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 
 from wazza_hooks import contract
+from wazza_hooks.producers import IDEMPOTENCE_REFUSED, idempotence_refused, start_problem
 
 from . import metrics
 from .batch import (
@@ -156,15 +157,17 @@ class ConsumerRuntime:
         self._producer: AIOKafkaProducer | None = None
         self._stop = asyncio.Event()
         self.assigned: asyncio.Event = asyncio.Event()
+        """Set once partitions were assigned and sought (tests and readiness wait on it)."""
         self._joined = False
         self._store_failing = False
-        """Set once partitions were assigned and sought (tests and readiness wait on it)."""
+        self._refused = False
+        """The broker answered the dead-letter producer's start with a refusal of idempotence."""
 
     def not_ready(self) -> str | None:
         """Why this instance is not ready (`/readyz` answers 503 with it), or None when it is:
         its clients started and joined the group, and its last batch reached the store."""
         if not self._joined:
-            return "not_joined"
+            return IDEMPOTENCE_REFUSED if self._refused else "not_joined"
         if self._store_failing:
             return "store_unavailable"
         return None
@@ -222,14 +225,19 @@ class ConsumerRuntime:
         while not self._stop.is_set():
             try:
                 await client.start()
+                self._refused = False
                 return True
             except (KafkaError, OSError) as exc:
                 delay = _retry_delay(attempt)
                 attempt += 1
-                log.warning(
-                    "broker %s unreachable (%r); retrying in %.1f s",
-                    self.settings.bootstrap_servers,
-                    exc,
+                idempotent = isinstance(client, AIOKafkaProducer) and (
+                    self.settings.enable_idempotence
+                )
+                self._refused = idempotence_refused(exc, idempotent)
+                log.log(
+                    logging.ERROR if self._refused else logging.WARNING,
+                    "%s; retrying in %.1f s",
+                    start_problem(exc, self.settings.bootstrap_servers, idempotent),
                     delay,
                 )
                 with contextlib.suppress(TimeoutError):

@@ -20,6 +20,7 @@ from aiohttp import hdrs, web
 from wazza_hooks import contract
 from wazza_hooks.logs import JsonLines
 from wazza_hooks.periodic import periodically
+from wazza_hooks.producers import IDEMPOTENCE_REFUSED
 
 from . import metrics
 from .allowlist import Allowlist
@@ -297,6 +298,17 @@ async def readyz(request: web.Request) -> web.Response:
     publisher = request.app[STATE].publisher
     if publisher is not None and await publisher.ready():
         return _json(200, {"status": "ready", "broker": "up"})
+    problem = publisher.problem if publisher is not None else None
+    if problem == IDEMPOTENCE_REFUSED:
+        return _json(
+            503,
+            {
+                "status": "not_ready",
+                "broker": "refused",
+                "reason": problem,
+                "detail": "set KAFKA_ENABLE_IDEMPOTENCE=false for a broker without idempotence",
+            },
+        )
     return _json(503, {"status": "not_ready", "broker": "down"})
 
 

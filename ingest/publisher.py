@@ -20,6 +20,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import TopicPartition
 
 from wazza_hooks.contract import KafkaHeaders
+from wazza_hooks.producers import IDEMPOTENCE_REFUSED, idempotence_refused, start_problem
 
 log = logging.getLogger("wazza.ingest.publisher")
 
@@ -163,6 +164,10 @@ class Publisher(Protocol):
     async def ready(self) -> bool:
         """True when the broker can be reached now."""
 
+    @property
+    def problem(self) -> str | None:
+        """A reason code when the broker answers but refuses this client; None otherwise."""
+
 
 class KafkaPublisher:
     """An aiokafka producer with `acks=all`, started in the background and kept connected.
@@ -209,6 +214,13 @@ class KafkaPublisher:
         """Direct delivery: the partitions with a batch on its way."""
         self._backoff: asyncio.TimerHandle | None = None
         self._dispatch_scheduled = False
+        self._refused = False
+
+    @property
+    def problem(self) -> str | None:
+        """A reason code when the broker answers but will not take this producer (a setting
+        to change, see wazza_hooks.producers); None otherwise."""
+        return IDEMPOTENCE_REFUSED if self._refused else None
 
     async def __aenter__(self) -> KafkaPublisher:
         self._loop = asyncio.get_running_loop()
@@ -603,9 +615,15 @@ class KafkaPublisher:
             except (KafkaError, OSError) as exc:
                 await producer.stop()
                 self._set_up(False)
-                log.warning("broker %s unreachable (%r); retrying", self._bootstrap, exc)
+                self._refused = idempotence_refused(exc, self._idempotence)
+                log.log(
+                    logging.ERROR if self._refused else logging.WARNING,
+                    "%s; retrying",
+                    start_problem(exc, self._bootstrap, self._idempotence),
+                )
                 await asyncio.sleep(_CONNECT_RETRY_SECONDS)
                 continue
+            self._refused = False
             self._producer = producer
             self._set_up(True)
         self._tasks.append(asyncio.create_task(self._probe_forever(), name="kafka-probe"))

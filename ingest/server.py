@@ -44,7 +44,8 @@ environment:
   see the README.
 
 examples:
-  WAZZA_WEBHOOK_SECRETS=s3cret wazza-ingest --port 8080
+  WAZZA_WEBHOOK_SECRETS=s3cret KAFKA_ENABLE_IDEMPOTENCE=false wazza-ingest --port 8080
+      (against the local broker, `wazza-hooks broker`, which refuses idempotent producers)
   wazza-ingest --host 0.0.0.0 --port 8080 --workers 4
 """
 

@@ -155,6 +155,12 @@ def _broker(args: argparse.Namespace) -> int:
         print(f"local broker (Tansu, memory only) on {broker.bootstrap_servers}", flush=True)
         for status in statuses:
             print(f"  topic {status.name}: {status.partitions} partitions", flush=True)
+        print(
+            "services use it with: KAFKA_BOOTSTRAP_SERVERS="
+            f"{broker.bootstrap_servers} KAFKA_ENABLE_IDEMPOTENCE=false "
+            "(it refuses idempotent producers)",
+            flush=True,
+        )
         print("Ctrl-C stops it; its data goes with it.", flush=True)
         while not stopping.wait(0.2):
             if not broker.running:

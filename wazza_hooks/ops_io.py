@@ -16,6 +16,7 @@ from aiokafka.errors import KafkaError
 from consumers.store import Store, StoreError, Tx, open_store
 
 from .jobs_cli import redacted
+from .producers import idempotence_refused, start_problem
 
 # A reachable broker answers metadata and offset requests in milliseconds; an unreachable one is
 # reported after this long rather than leaving an operator's terminal hanging.
@@ -109,19 +110,23 @@ async def broker_writer(
         enable_idempotence=enable_idempotence,
         request_timeout_ms=int(BROKER_TIMEOUT_SECONDS * 1000),
     )
-    await _start(producer, bootstrap_servers)
+    await _start(producer, bootstrap_servers, idempotent=enable_idempotence)
     try:
         yield producer
     finally:
         await producer.stop()
 
 
-async def _start(client: AIOKafkaConsumer | AIOKafkaProducer, bootstrap_servers: str) -> None:
+async def _start(
+    client: AIOKafkaConsumer | AIOKafkaProducer, bootstrap_servers: str, idempotent: bool = False
+) -> None:
     try:
         async with asyncio.timeout(BROKER_TIMEOUT_SECONDS):
             await client.start()
     except (KafkaError, OSError, TimeoutError) as exc:
         await client.stop()
+        if idempotence_refused(exc, idempotent):
+            raise OpsError(start_problem(exc, bootstrap_servers, idempotent)) from exc
         raise OpsError(f"cannot reach the broker at {bootstrap_servers}: {exc!r}") from exc
 
 

@@ -737,6 +737,36 @@ async def test_a_store_outage_is_waited_out_by_the_same_process_and_skips_nothin
             assert "Traceback" not in proc.stderr, proc.output()
 
 
+async def test_left_idempotent_against_the_local_broker_a_consumer_says_which_setting_to_change(
+    broker: LocalBroker, store_url: str
+) -> None:
+    """Its dead-letter producer is idempotent by default (for Apache Kafka), which the local
+    broker refuses: the service stays up and not ready, and says why and what to set."""
+    topics = await make_topics(broker.bootstrap_servers, partitions=PARTITIONS)
+    port = free_port()
+    env = consumer_env(broker, topics, store_url, group_prefix())
+    del env["KAFKA_ENABLE_IDEMPOTENCE"]
+    with running(consumer_argv("completion", port), env) as proc:
+
+        async def listening() -> bool:
+            return port_in_use("127.0.0.1", port)
+
+        await eventually(listening, SETTLE_SECONDS, "the metrics port", [proc])
+        await eventually(
+            functools.partial(
+                probe_is,
+                port,
+                "/readyz",
+                (503, {"status": "not_ready", "reason": "idempotence_refused"}),
+            ),
+            SETTLE_SECONDS,
+            "/readyz saying the broker refused idempotence",
+            [proc],
+        )
+        assert "KAFKA_ENABLE_IDEMPOTENCE=false" in proc.stdout + proc.stderr, proc.output()
+        assert "Traceback" not in proc.stderr, proc.output()
+
+
 async def test_a_consumer_started_while_its_store_is_down_waits_for_it_and_applies_everything(
     broker: LocalBroker, store_url: str, postgres_server: str
 ) -> None:

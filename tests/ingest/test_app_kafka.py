@@ -370,6 +370,8 @@ def test_build_app_answers_503_not_500_when_the_handler_breaks() -> None:
         async def ready(self) -> bool:
             return True
 
+        problem = None
+
     import asyncio
 
     async def scenario() -> tuple[int, str]:

@@ -53,6 +53,8 @@ class RecordingPublisher:
     async def ready(self) -> bool:
         return True
 
+    problem = None
+
 
 @dataclass
 class Running:

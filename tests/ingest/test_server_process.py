@@ -503,6 +503,46 @@ async def test_the_process_routes_every_path_as_the_application_declares_it(
     )
 
 
+async def test_left_idempotent_against_the_local_broker_it_says_which_setting_to_change(
+    broker: LocalBroker, topics: Topics
+) -> None:
+    """The local broker refuses idempotent producers, and idempotence is on by default (for
+    Apache Kafka): the ingester answers 503 (nothing published), and its /readyz and its log
+    say the broker refused it and name KAFKA_ENABLE_IDEMPOTENCE, rather than 'unreachable'."""
+    port = free_port()
+    env = ingest_env(broker, topics)
+    del env["KAFKA_ENABLE_IDEMPOTENCE"]
+    body = completed_body(job_id())
+    refused = {
+        "status": "not_ready",
+        "broker": "refused",
+        "reason": "idempotence_refused",
+        "detail": "set KAFKA_ENABLE_IDEMPOTENCE=false for a broker without idempotence",
+    }
+    with running(ingest_argv(port), env) as proc:
+        deadline = time.monotonic() + START_SECONDS
+        async with fresh_connections() as session:
+            while True:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                        if (resp.status, await resp.json()) == (503, refused):
+                            break
+                if time.monotonic() > deadline:
+                    pytest.fail(f"/readyz never said the broker refused it\n{proc.output()}")
+                await asyncio.sleep(0.1)
+            assert await post(session, port, body, signed(body)) == 503
+        errors = [
+            line
+            for line in json_lines(proc.stdout)
+            if line.get("level") == "error" and "KAFKA_ENABLE_IDEMPOTENCE=false" in line["msg"]
+        ]
+        assert errors, proc.output()
+        assert "refused an idempotent producer" in errors[0]["msg"]
+        assert "unreachable" not in proc.stdout, proc.output()
+        assert "Traceback" not in proc.stderr, proc.output()
+    assert await read_topic(broker.bootstrap_servers, topics.raw, expect=0, timeout=1) == []
+
+
 def test_a_refused_start_logs_no_error_about_an_unclosed_broker_client(
     broker: LocalBroker, topics: Topics, taken_port: int
 ) -> None:

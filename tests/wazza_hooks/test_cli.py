@@ -127,6 +127,32 @@ async def test_broker_serves_the_three_topics_and_takes_tansu_along_on_ctrl_c() 
         counts = await partition_counts(f"127.0.0.1:{port}", DEFAULT_TOPICS)
         assert counts == dict.fromkeys(DEFAULT_TOPICS, 5)
 
+        # The banner's line says how services use it; an ingester set up that way is served.
+        usage = next(line for line in broker.stdout.splitlines() if "services use it with:" in line)
+        settings = dict(
+            word.split("=", 1) for word in usage.split(":", 1)[1].split() if "=" in word
+        )
+        assert settings == {
+            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
+            "KAFKA_ENABLE_IDEMPOTENCE": "false",
+        }
+        ingest_port = free_port()
+        body = completed_body(f"job_{uuid.uuid4().hex[:12]}")
+        with running(
+            [str(BIN / "wazza-ingest"), "--port", str(ingest_port)],
+            subprocess_env(WAZZA_WEBHOOK_SECRETS="s3cret", **settings),
+        ) as ingester:
+            url = f"http://127.0.0.1:{ingest_port}/api/webhooks/wazza"
+            await wait_until(lambda: port_in_use("127.0.0.1", ingest_port), START_SECONDS, "it")
+            async with aiohttp.ClientSession() as http:
+                for _ in range(100):  # until it has connected to the broker
+                    headers = sign_wazza("s3cret", body, int(time.time()))
+                    async with http.post(url, data=body, headers=headers) as resp:
+                        if resp.status == 200:
+                            break
+                    await asyncio.sleep(0.1)
+                assert resp.status == 200, ingester.output()
+
         os.killpg(broker.pid, signal.SIGINT)  # Ctrl-C in its terminal
         assert await broker.wait_exit(15) == 0, broker.output()
     left = {pid for pid in tansu if alive(pid)}

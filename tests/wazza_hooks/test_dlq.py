@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from consumers import JobEvent, Service, Tx
 from consumers.service import BUILTIN
 from consumers.store import Store, open_store
@@ -18,6 +20,7 @@ from tests.consumers.test_runtime import counter, offsets_reach, running, settin
 from wazza_hooks import contract
 from wazza_hooks.deadletters import H_REDRIVEN_FROM
 from wazza_hooks.localbroker import LocalBroker, free_port
+from wazza_hooks.ops_io import OpsError, broker_writer
 
 from .ops_helpers import env_for, iso, one_line_refusal
 
@@ -202,3 +205,17 @@ async def test_dlq_refusals_are_one_line_with_a_non_zero_exit(
     for unreachable in (list_nowhere, redrive_nowhere):
         assert f"cannot reach the broker at {nowhere}" in one_line_refusal(unreachable)
     assert "does not exist" in one_line_refusal(missing)
+
+
+async def test_redriving_through_a_broker_that_refuses_idempotence_names_the_setting(
+    broker: LocalBroker,
+) -> None:
+    """Idempotence is on by default (for Apache Kafka); the local broker refuses it, and the
+    redrive's producer says which setting to change instead of 'cannot reach the broker'."""
+    with pytest.raises(OpsError) as refused:
+        async with broker_writer(broker.bootstrap_servers, enable_idempotence=True):
+            pass
+    assert "refused an idempotent producer" in str(refused.value)
+    assert "KAFKA_ENABLE_IDEMPOTENCE=false" in str(refused.value)
+    async with broker_writer(broker.bootstrap_servers, enable_idempotence=False) as producer:
+        assert producer.client.cluster.brokers()
