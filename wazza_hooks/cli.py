@@ -46,7 +46,10 @@ def _parser() -> argparse.ArgumentParser:
         "--port", type=port_argument(lowest=1), default=9092, help="port (default 9092)"
     )
     broker.add_argument(
-        "--partitions", type=_partitions, default=DEFAULT_PARTITIONS, help="partitions per topic"
+        "--partitions",
+        type=_partitions,
+        default=DEFAULT_PARTITIONS,
+        help=f"partitions per topic (default {DEFAULT_PARTITIONS})",
     )
 
     topics = sub.add_parser(
@@ -70,8 +73,18 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="default: $KAFKA_BOOTSTRAP_SERVERS or localhost:9092",
     )
-    ensure.add_argument("--partitions", type=_partitions, default=DEFAULT_PARTITIONS)
-    ensure.add_argument("--replication-factor", type=_partitions, default=1)
+    ensure.add_argument(
+        "--partitions",
+        type=_partitions,
+        default=DEFAULT_PARTITIONS,
+        help=f"partitions of a topic it creates (default {DEFAULT_PARTITIONS})",
+    )
+    ensure.add_argument(
+        "--replication-factor",
+        type=_partitions,
+        default=1,
+        help="replicas of a topic it creates (default 1; 3 on a production cluster)",
+    )
     ensure.add_argument("--raw-topic", default=contract.RAW_TOPIC)
     ensure.add_argument("--quarantine-topic", default=contract.QUARANTINE_TOPIC)
     ensure.add_argument("--dlq-topic", default=contract.DLQ_TOPIC)
