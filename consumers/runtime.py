@@ -26,7 +26,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 
 from wazza_hooks import contract
-from wazza_hooks.producers import IDEMPOTENCE_REFUSED, idempotence_refused, start_problem
+from wazza_hooks.producers import (
+    IDEMPOTENCE_REFUSED,
+    START_TIMEOUT_SECONDS,
+    refusal,
+    start_problem,
+)
 
 from . import metrics
 from .batch import (
@@ -224,16 +229,17 @@ class ConsumerRuntime:
         attempt = 0
         while not self._stop.is_set():
             try:
-                await client.start()
+                async with asyncio.timeout(START_TIMEOUT_SECONDS):
+                    await client.start()
                 self._refused = False
                 return True
-            except (KafkaError, OSError) as exc:
+            except (KafkaError, OSError, TimeoutError) as exc:
                 delay = _retry_delay(attempt)
                 attempt += 1
                 idempotent = isinstance(client, AIOKafkaProducer) and (
                     self.settings.enable_idempotence
                 )
-                self._refused = idempotence_refused(exc, idempotent)
+                self._refused = refusal(exc, idempotent) is not None
                 log.log(
                     logging.ERROR if self._refused else logging.WARNING,
                     "%s; retrying in %.1f s",

@@ -299,14 +299,14 @@ async def readyz(request: web.Request) -> web.Response:
     if publisher is not None and await publisher.ready():
         return _json(200, {"status": "ready", "broker": "up"})
     problem = publisher.problem if publisher is not None else None
-    if problem == IDEMPOTENCE_REFUSED:
+    if problem is not None:
         return _json(
             503,
             {
                 "status": "not_ready",
                 "broker": "refused",
-                "reason": problem,
-                "detail": "set KAFKA_ENABLE_IDEMPOTENCE=false for a broker without idempotence",
+                "reason": IDEMPOTENCE_REFUSED,
+                "detail": problem,
             },
         )
     return _json(503, {"status": "not_ready", "broker": "down"})

@@ -20,7 +20,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import TopicPartition
 
 from wazza_hooks.contract import KafkaHeaders
-from wazza_hooks.producers import IDEMPOTENCE_REFUSED, idempotence_refused, start_problem
+from wazza_hooks.producers import START_TIMEOUT_SECONDS, refusal, start_problem
 
 log = logging.getLogger("wazza.ingest.publisher")
 
@@ -166,7 +166,7 @@ class Publisher(Protocol):
 
     @property
     def problem(self) -> str | None:
-        """A reason code when the broker answers but refuses this client; None otherwise."""
+        """What to change when the broker answers but refuses this client; None otherwise."""
 
 
 class KafkaPublisher:
@@ -214,13 +214,13 @@ class KafkaPublisher:
         """Direct delivery: the partitions with a batch on its way."""
         self._backoff: asyncio.TimerHandle | None = None
         self._dispatch_scheduled = False
-        self._refused = False
+        self._refused: str | None = None
 
     @property
     def problem(self) -> str | None:
-        """A reason code when the broker answers but will not take this producer (a setting
-        to change, see wazza_hooks.producers); None otherwise."""
-        return IDEMPOTENCE_REFUSED if self._refused else None
+        """What to change when the broker answers but will not take this producer (see
+        wazza_hooks.producers); None otherwise."""
+        return self._refused
 
     async def __aenter__(self) -> KafkaPublisher:
         self._loop = asyncio.get_running_loop()
@@ -608,22 +608,23 @@ class KafkaPublisher:
                 request_timeout_ms=_DELIVERY_TIMEOUT_MS,
             )
             try:
-                await producer.start()
+                async with asyncio.timeout(START_TIMEOUT_SECONDS):
+                    await producer.start()
             except asyncio.CancelledError:
                 await producer.stop()  # stopping while still connecting: close what it opened
                 raise
-            except (KafkaError, OSError) as exc:
+            except (KafkaError, OSError, TimeoutError) as exc:
                 await producer.stop()
                 self._set_up(False)
-                self._refused = idempotence_refused(exc, self._idempotence)
+                self._refused = refusal(exc, self._idempotence)
                 log.log(
-                    logging.ERROR if self._refused else logging.WARNING,
+                    logging.ERROR if self._refused is not None else logging.WARNING,
                     "%s; retrying",
                     start_problem(exc, self._bootstrap, self._idempotence),
                 )
                 await asyncio.sleep(_CONNECT_RETRY_SECONDS)
                 continue
-            self._refused = False
+            self._refused = None
             self._producer = producer
             self._set_up(True)
         self._tasks.append(asyncio.create_task(self._probe_forever(), name="kafka-probe"))

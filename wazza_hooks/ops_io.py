@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaError
 from consumers.store import Store, StoreError, Tx, open_store
 
 from .jobs_cli import redacted
-from .producers import idempotence_refused, start_problem
+from .producers import refusal, start_problem
 
 # A reachable broker answers metadata and offset requests in milliseconds; an unreachable one is
 # reported after this long rather than leaving an operator's terminal hanging.
@@ -125,7 +125,7 @@ async def _start(
             await client.start()
     except (KafkaError, OSError, TimeoutError) as exc:
         await client.stop()
-        if idempotence_refused(exc, idempotent):
+        if refusal(exc, idempotent) is not None:
             raise OpsError(start_problem(exc, bootstrap_servers, idempotent)) from exc
         raise OpsError(f"cannot reach the broker at {bootstrap_servers}: {exc!r}") from exc
 
