@@ -54,11 +54,19 @@ async def test_every_record_lands_once_in_order_per_key_with_its_bytes_and_heade
     async with through_the_sender(broker.bootstrap_servers) as pub:
 
         async def lane(key: bytes) -> None:
+            # A key's records a moment apart, none waiting for the one before it to be
+            # acknowledged: they spread over successive batches of the partition, some handed
+            # to the sender while earlier ones are still on their way, so the order that lands
+            # is the sender path's doing, not the test's.
+            sent = []
             for n in range(40):
                 value = b'{"jobId":"%s","n":%d}' % (key, n)
-                await pub.publish(topics.raw, key, value, HEADERS, 10.0)
+                sent.append(
+                    asyncio.ensure_future(pub.publish(topics.raw, key, value, HEADERS, 10.0))
+                )
+                await asyncio.sleep(0.001)
+            await asyncio.gather(*sent)
 
-        # Each key's records one after the other (as a job's events arrive), the keys at once.
         await asyncio.gather(*(lane(key) for key in keys))
     records = await read_topic(broker.bootstrap_servers, topics.raw, expect=12 * 40)
     by_key: dict[bytes, list[int]] = defaultdict(list)
@@ -98,7 +106,8 @@ async def test_a_hung_broker_fails_each_publish_at_its_deadline_and_later_ones_s
     try:
         await ensure_topics(own.bootstrap_servers, {"sender.raw": 3})
         async with through_the_sender(own.bootstrap_servers) as pub:
-            await pub.publish("sender.raw", b"job_up", b"up", HEADERS, DEADLINE)
+            # The first publish loads the topic's metadata: on a loaded machine, slower.
+            await pub.publish("sender.raw", b"job_up", b"up", HEADERS, 10.0)
             assert own.pid is not None
             try:
                 await hang(own.pid)
