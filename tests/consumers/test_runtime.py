@@ -4,6 +4,7 @@ and a user's own service through the extension API."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 import uuid
@@ -14,6 +15,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+import consumers.runtime
+import wazza_hooks.producers
 from consumers import JobEvent, Service, Tx
 from consumers import metrics as consumer_metrics
 from consumers.runtime import ConsumerRuntime
@@ -24,6 +27,7 @@ from wazza_hooks import contract
 from wazza_hooks.localbroker import LocalBroker
 
 from ..conftest import ROOT, Topics, make_topics, read_topic
+from ..deadend import broker_advertising_a_dead_end
 from .helpers import completed, failed, history, ids, job, progress, publish, rows
 
 # A store reaches the expected state within this long on a loaded 2-core CI machine.
@@ -259,3 +263,36 @@ async def test_a_service_schema_waits_out_a_store_locked_at_start(
     finally:
         locker.close()
         await store.close()
+
+
+async def test_a_producer_start_that_never_ends_is_bounded_logged_and_retried(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The dead-letter producer is idempotent by default; against a broker whose advertised
+    address leads nowhere its start would wait for a producer id without end, silently. Each
+    start is bounded and logged, the runtime stays not ready, and it stops when asked."""
+    monkeypatch.setattr(consumers.runtime, "START_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(wazza_hooks.producers, "START_TIMEOUT_SECONDS", 1.0)
+    caplog.set_level(logging.WARNING, logger="wazza.consumers.runtime")
+    with broker_advertising_a_dead_end() as bootstrap:
+        settings = ConsumerSettings(
+            database_url="unused: the store is opened by the test",
+            bootstrap_servers=bootstrap,
+            enable_idempotence=True,
+            raw_topic="deadend.raw",
+            dlq_topic="deadend.dlq",
+            group_prefix=f"test-{uuid.uuid4().hex[:8]}-",
+        )
+        started = time.monotonic()
+        async with running(store, settings, BUILTIN["completion"]) as [runtime]:
+
+            async def said_twice() -> bool:
+                return sum("took over 1 s" in r.getMessage() for r in caplog.records) >= 2
+
+            await until(said_twice, "two bounded starts logged")
+            assert runtime.not_ready() == "not_joined"
+            stopping = time.monotonic()
+        assert time.monotonic() - stopping < 5  # stopped within one bounded start
+    said = next(r for r in caplog.records if "took over 1 s" in r.getMessage())
+    assert f"broker {bootstrap} unreachable" in said.getMessage()
+    assert time.monotonic() - started < 30

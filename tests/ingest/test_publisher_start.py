@@ -7,54 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
 import ingest.publisher
 import wazza_hooks.producers
 from ingest.publisher import KafkaPublisher, PublishError
-from wazza_hooks.localbroker import broker_binary, free_port, port_in_use
+
+from ..deadend import broker_advertising_a_dead_end
 
 pytestmark = pytest.mark.slow
-
-
-@contextmanager
-def broker_advertising_a_dead_end() -> Iterator[str]:
-    """Tansu listening on one port and advertising another, where a socket takes connections
-    into its backlog and never answers; yields the bootstrap address."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as dead_end:
-        dead_end.bind(("127.0.0.1", 0))
-        dead_end.listen(64)
-        port = free_port()
-        proc = subprocess.Popen(
-            [
-                broker_binary(),
-                "broker",
-                "--listener-url",
-                f"tcp://127.0.0.1:{port}",
-                "--advertised-listener-url",
-                f"tcp://127.0.0.1:{dead_end.getsockname()[1]}",
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 20
-            while not port_in_use("127.0.0.1", port):
-                assert proc.poll() is None, "the broker exited at start"
-                assert time.monotonic() < deadline, "the broker did not listen"
-                time.sleep(0.05)
-            yield f"127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(10)
 
 
 async def test_a_start_that_never_ends_is_bounded_logged_and_retried(
