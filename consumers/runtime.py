@@ -526,13 +526,17 @@ class ConsumerRuntime:
                 attempt += 1
                 log.warning("stored offsets unreadable (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
-        fresh = [tp for tp in assigned if tp.partition not in offsets]
-        # A partition the store has never seen starts at the beginning, whatever Kafka's own
+        # A partition the store has never seen starts at offset 0, whatever Kafka's own
         # committed offset says (the store may be new). An exact seek, not seek_to_beginning():
-        # that one is applied lazily, after a fetch may already have begun elsewhere.
-        beginnings = await self._consumer.beginning_offsets(fresh) if fresh else {}
+        # that one is applied lazily, after a fetch may already have begun elsewhere. And 0, not
+        # the broker's log start: the local broker (Tansu) was seen to answer ListOffsets
+        # (earliest) with 7 for a partition holding records 0-19, after two producers wrote to
+        # it, which skipped records 0-6. A broker whose log starts later (retention) answers
+        # the fetch at 0 with OffsetOutOfRange, and the consumer moves to its first record
+        # (auto_offset_reset="earliest"); the store takes a fresh partition's first batch
+        # wherever it begins.
         for tp in assigned:
-            offset = offsets.get(tp.partition, beginnings.get(tp, 0))
+            offset = offsets.get(tp.partition, 0)
             self._consumer.seek(tp, offset)
             self._positions[tp.partition] = offset
         self.assigned.set()

@@ -133,7 +133,11 @@ async def read_dead_letters(
             return []
         consumer.assign(todo)
         for tp in todo:
-            consumer.seek(tp, starts[tp.partition])
+            # From 0, not the log start the broker gives: the local broker was seen to answer
+            # past a partition's first records (consumers.runtime, where a partition is first
+            # assigned). A log that starts later answers OffsetOutOfRange, and the reader moves
+            # to its first record (auto_offset_reset="earliest").
+            consumer.seek(tp, 0)
         left = {tp.partition for tp in todo}
         try:
             async with asyncio.timeout(_READ_TIMEOUT_SECONDS):
