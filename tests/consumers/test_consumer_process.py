@@ -241,6 +241,11 @@ async def probe_is(port: int, path: str, expected: tuple[int, Any]) -> bool:
     return await probe(port, path) == expected
 
 
+async def listening(port: int) -> bool:
+    """The process's metrics port takes connections."""
+    return port_in_use("127.0.0.1", port)
+
+
 # --- the broker and the store -----------------------------------------------------------------
 
 
@@ -748,11 +753,9 @@ async def test_left_idempotent_against_the_local_broker_a_consumer_says_which_se
     env = consumer_env(broker, topics, store_url, group_prefix())
     del env["KAFKA_ENABLE_IDEMPOTENCE"]
     with running(consumer_argv("completion", port), env) as proc:
-
-        async def listening() -> bool:
-            return port_in_use("127.0.0.1", port)
-
-        await eventually(listening, SETTLE_SECONDS, "the metrics port", [proc])
+        await eventually(
+            functools.partial(listening, port), SETTLE_SECONDS, "the metrics port", [proc]
+        )
         await eventually(
             functools.partial(
                 probe_is,
@@ -784,11 +787,9 @@ async def test_a_consumer_started_while_its_store_is_down_waits_for_it_and_appli
             # Alive, not ready, and still there: PostgreSQL refuses it at the open (the
             # consumer waits to open it), a locked SQLite file at the first batch.
             not_ready = (503, {"status": "not_ready", "reason": "store_unavailable"})
-
-            async def listening() -> bool:
-                return port_in_use("127.0.0.1", port)
-
-            await eventually(listening, OUTAGE_SECONDS * 2, "the metrics port", [proc])
+            await eventually(
+                functools.partial(listening, port), OUTAGE_SECONDS * 2, "the metrics port", [proc]
+            )
             # SQLite: only after joining the group (the local broker holds a join ~5 s) and
             # the busy timeout of the first batch; on a loaded machine, that takes a while.
             await eventually(

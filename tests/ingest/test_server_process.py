@@ -98,8 +98,14 @@ async def fresh_connections() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def wait_ready(proc: Running, port: int, timeout: float = START_SECONDS) -> None:
-    """Until GET /readyz answers 200; fails when the process exits or the time runs out."""
+async def wait_readyz(
+    proc: Running,
+    port: int,
+    expected: tuple[int, Any] | None = None,
+    timeout: float = START_SECONDS,
+) -> None:
+    """Until GET /readyz answers `expected` (status, JSON body), or 200 when None; fails when
+    the process exits or the time runs out."""
     deadline = time.monotonic() + timeout
     async with fresh_connections() as session:
         while True:
@@ -107,14 +113,22 @@ async def wait_ready(proc: Running, port: int, timeout: float = START_SECONDS) -
                 async with session.get(
                     f"http://127.0.0.1:{port}/readyz", timeout=aiohttp.ClientTimeout(total=2)
                 ) as resp:
-                    if resp.status == 200:
+                    if expected is None and resp.status == 200:
+                        return
+                    if expected is not None and (resp.status, await resp.json()) == expected:
                         return
             if proc.proc.poll() is not None:
                 await proc.wait_exit(5)
                 pytest.fail(f"exited with {proc.proc.returncode} before ready\n{proc.output()}")
             if time.monotonic() > deadline:
-                pytest.fail(f"/readyz not 200 within {timeout} s\n{proc.output()}")
+                want = "200" if expected is None else repr(expected)
+                pytest.fail(f"/readyz not {want} within {timeout} s\n{proc.output()}")
             await asyncio.sleep(0.05)
+
+
+async def wait_ready(proc: Running, port: int, timeout: float = START_SECONDS) -> None:
+    """Until GET /readyz answers 200; fails when the process exits or the time runs out."""
+    await wait_readyz(proc, port, timeout=timeout)
 
 
 async def post(
@@ -522,16 +536,8 @@ async def test_left_idempotent_against_the_local_broker_it_says_which_setting_to
         "KAFKA_ENABLE_IDEMPOTENCE=false",
     }
     with running(ingest_argv(port), env) as proc:
-        deadline = time.monotonic() + START_SECONDS
+        await wait_readyz(proc, port, (503, refused))
         async with fresh_connections() as session:
-            while True:
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                        if (resp.status, await resp.json()) == (503, refused):
-                            break
-                if time.monotonic() > deadline:
-                    pytest.fail(f"/readyz never said the broker refused it\n{proc.output()}")
-                await asyncio.sleep(0.1)
             assert await post(session, port, body, signed(body)) == 503
         errors = [
             line
