@@ -26,12 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 
 from wazza_hooks import contract
-from wazza_hooks.producers import (
-    IDEMPOTENCE_REFUSED,
-    START_TIMEOUT_SECONDS,
-    refusal,
-    start_problem,
-)
+from wazza_hooks.producers import IDEMPOTENCE_REFUSED, START_TIMEOUT_SECONDS, log_start_failure
 
 from . import metrics
 from .batch import (
@@ -239,13 +234,14 @@ class ConsumerRuntime:
                 idempotent = isinstance(client, AIOKafkaProducer) and (
                     self.settings.enable_idempotence
                 )
-                self._refused = refusal(exc, idempotent) is not None
-                log.log(
-                    logging.ERROR if self._refused else logging.WARNING,
-                    "%s; retrying in %.1f s",
-                    start_problem(exc, self.settings.bootstrap_servers, idempotent),
-                    delay,
+                refused = log_start_failure(
+                    log,
+                    exc,
+                    self.settings.bootstrap_servers,
+                    idempotent,
+                    f"retrying in {delay:.1f} s",
                 )
+                self._refused = refused is not None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
         return False

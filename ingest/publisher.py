@@ -20,7 +20,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import TopicPartition
 
 from wazza_hooks.contract import KafkaHeaders
-from wazza_hooks.producers import START_TIMEOUT_SECONDS, refusal, start_problem
+from wazza_hooks.producers import START_TIMEOUT_SECONDS, log_start_failure
 
 log = logging.getLogger("wazza.ingest.publisher")
 
@@ -616,11 +616,8 @@ class KafkaPublisher:
             except (KafkaError, OSError, TimeoutError) as exc:
                 await producer.stop()
                 self._set_up(False)
-                self._refused = refusal(exc, self._idempotence)
-                log.log(
-                    logging.ERROR if self._refused is not None else logging.WARNING,
-                    "%s; retrying",
-                    start_problem(exc, self._bootstrap, self._idempotence),
+                self._refused = log_start_failure(
+                    log, exc, self._bootstrap, self._idempotence, "retrying"
                 )
                 await asyncio.sleep(_CONNECT_RETRY_SECONDS)
                 continue

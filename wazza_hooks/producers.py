@@ -12,6 +12,8 @@ it raises is the broker's considered answer.
 
 from __future__ import annotations
 
+import logging
+
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     IncompatibleBrokerVersion,
@@ -61,3 +63,14 @@ def start_problem(exc: BaseException, bootstrap_servers: str, idempotent: bool) 
             f"{START_TIMEOUT_SECONDS:g} s; is its advertised address reachable from here?)"
         )
     return f"broker {bootstrap_servers} unreachable ({exc!r})"
+
+
+def log_start_failure(
+    logger: logging.Logger, exc: BaseException, bootstrap_servers: str, idempotent: bool, then: str
+) -> str | None:
+    """Log why the client did not start, followed by `then` (what happens next): at ERROR for a
+    refusal, which needs a change, at WARNING for a broker out of reach. Returns the refusal."""
+    refused = refusal(exc, idempotent)
+    line = start_problem(exc, bootstrap_servers, idempotent)
+    logger.log(logging.ERROR if refused is not None else logging.WARNING, "%s; %s", line, then)
+    return refused
