@@ -24,6 +24,7 @@ from wazza_hooks import contract
 
 from .events import EventError, JobEvent, parse_event
 from .jobs import settle_conflicts
+from .log_identity import LogReset, Stored
 from .service import Service
 from .store import IN_LIST_CHUNK, Column, Store, StoreUnavailable, Tx
 
@@ -77,6 +78,7 @@ _OFFSET_COLUMNS: list[Column] = [
     ("topic", "text"),
     ("kafka_partition", "integer"),
     ("next_offset", "bigint"),
+    ("topic_id", "text"),
 ]
 _KEY_COLUMNS: list[Column] = [("service", "text"), ("event_id", "text"), ("processed_ms", "bigint")]
 _HISTORY_COLUMNS: list[Column] = [
@@ -93,16 +95,41 @@ _HISTORY_COLUMNS: list[Column] = [
 ]
 
 
-async def stored_offsets(store: Store, service: str, topic: str) -> dict[int, int]:
-    """next_offset per partition, as the store has them."""
+async def stored_offsets(store: Store, service: str, topic: str) -> dict[int, Stored]:
+    """The next offset per partition, and the topic id it was taken from, as the store has
+    them."""
     async with store.reader() as tx:
         rows = await tx.fetchall(
-            "SELECT kafka_partition, next_offset FROM consumer_offsets "
+            "SELECT kafka_partition, next_offset, topic_id FROM consumer_offsets "
             "WHERE service = ? AND topic = ?",
             service,
             topic,
         )
-    return {int(p): int(o) for p, o in rows}
+    return {int(p): Stored(int(o), None if t is None else str(t)) for p, o, t in rows}
+
+
+async def reset_offsets(
+    store: Store, service: str, topic: str, resets: Sequence[LogReset], topic_id: str | None
+) -> list[LogReset]:
+    """Move each partition of `resets` to its new log's first record, where the store still
+    holds the offset the reset was found on (another instance, or a replay, may have moved it
+    meanwhile: that one is left as it is); the resets done."""
+    done: list[LogReset] = []
+    async with store.transaction() as tx:
+        for reset in resets:
+            changed = await tx.execute(
+                "UPDATE consumer_offsets SET next_offset = ?, topic_id = ? "
+                "WHERE service = ? AND topic = ? AND kafka_partition = ? AND next_offset = ?",
+                reset.new_offset,
+                topic_id,
+                service,
+                topic,
+                reset.partition,
+                reset.stored_offset,
+            )
+            if changed:
+                done.append(reset)
+    return done
 
 
 async def apply_batch(
@@ -113,6 +140,7 @@ async def apply_batch(
     dead_letter: DeadLetter,
     accept_gaps: frozenset[int] = frozenset(),
     spans: dict[int, tuple[int, int]] | None = None,
+    topic_id: str | None = None,
 ) -> BatchResult:
     """Apply a batch in one transaction; raises StoreUnavailable (roll back, retry later).
 
@@ -149,9 +177,10 @@ async def apply_batch(
         await tx.insert_rows(
             "consumer_offsets",
             _OFFSET_COLUMNS,
-            [(service.name, topic, p, spans[p][1]) for p in sorted(taken)],
+            [(service.name, topic, p, spans[p][1], topic_id) for p in sorted(taken)],
             "ON CONFLICT (service, topic, kafka_partition) "
-            "DO UPDATE SET next_offset = excluded.next_offset",
+            "DO UPDATE SET next_offset = excluded.next_offset, "
+            "topic_id = COALESCE(excluded.topic_id, consumer_offsets.topic_id)",
         )
         result.next_offsets.update({p: spans[p][1] for p in taken})
     return result

@@ -71,3 +71,35 @@ DEDUP_PRUNED = Counter(
 def event_type_label(event_type: str) -> str:
     """A bounded label: the known types, else `other` (the sender may invent new ones)."""
     return event_type if event_type in contract.KNOWN_EVENT_TYPES else "other"
+
+
+LOG_RESETS = Counter(
+    "wazza_consumer_log_resets",
+    "Partitions whose stored offsets belonged to another log (a broker that started over, a "
+    "topic recreated, a truncated partition), taken again from the new log's first record.",
+    ["service"],
+)
+RECORDS_LOST = Counter(
+    "wazza_consumer_records_lost",
+    "Records deleted by the broker's retention before the service read them (passed over).",
+    ["service"],
+)
+LAST_COMMIT = Gauge(
+    "wazza_consumer_last_commit_timestamp_seconds",
+    "When the service last committed a batch to the store (its start, before the first).",
+    ["service"],
+)
+
+# The outcomes of EVENTS, each label set made at start so that its first increase is seen.
+OUTCOMES = ("applied", "duplicate", "stale", "conflict", "skipped", "dead_lettered")
+
+
+def start_series(service: str) -> None:
+    """Make every labelled series of `service` exist at 0 from the start: a counter that first
+    appears at 1 shows no increase to `increase()`, and an alert on it would miss that first
+    dead letter, reset or loss."""
+    for event_type in (*sorted(contract.KNOWN_EVENT_TYPES), "other"):
+        for outcome in OUTCOMES:
+            EVENTS.labels(service, event_type, outcome)
+    for counter in (REBALANCES, STORE_ERRORS, DEDUP_PRUNED, LOG_RESETS, RECORDS_LOST):
+        counter.labels(service)

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IncompatibleBrokerVersion, KafkaError
 
 from wazza_hooks import contract
 from wazza_hooks.producers import IDEMPOTENCE_REFUSED, START_TIMEOUT_SECONDS, log_start_failure
@@ -37,8 +37,10 @@ from .batch import (
     apply_batch,
     event_type_header,
     prune_dedup_keys,
+    reset_offsets,
     stored_offsets,
 )
+from .log_identity import LogReset, Stored, TopicIdRequest, find_resets, topic_id_of
 from .service import Service
 from .settings import ConsumerSettings
 from .store import Store, StoreError, StoreUnavailable, open_store
@@ -64,6 +66,13 @@ _FETCH_WAIT_MS = 50
 # reaches partitions that receive nothing: one small query a second, and a replay starts within
 # about a second.
 _RECONCILE_SECONDS = 1.0
+# How often the partitions are checked against the log they are read from (the topic's id and
+# each partition's end; consumers/log_identity.py), so that a topic recreated or a broker that
+# started over is noticed even where no batch's offset guard would (a new log that grew past
+# the stored offsets): two small requests, and a reset within seconds.
+_IDENTITY_SECONDS = 5.0
+# A topic id or end offsets unknown within this long are left unchecked until the next time.
+_IDENTITY_TIMEOUT_SECONDS = 5.0
 
 
 def _retry_delay(attempt: int) -> float:
@@ -155,6 +164,11 @@ class ConsumerRuntime:
         self._positions: dict[int, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._topic_id: str | None = None
+        """The raw topic's id as last reported by the broker (None: not known)."""
+        self._beyond_end: dict[int, int] = {}
+        """Partitions whose stored offset lay beyond their log's end at the last check, with
+        that offset: a second sighting resets them (`_reset_other_logs`)."""
         self._stop = asyncio.Event()
         self.assigned: asyncio.Event = asyncio.Event()
         """Set once partitions were assigned and sought (tests and readiness wait on it)."""
@@ -180,6 +194,8 @@ class ConsumerRuntime:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; then finish the batch, commit and leave the group."""
         self._stop = stop
+        metrics.start_series(self.service.name)
+        metrics.LAST_COMMIT.labels(self.service.name).set(self._clock())
         if not await self._ensure_schema():
             return  # stopped while the store was unavailable
         self._producer = AIOKafkaProducer(
@@ -280,6 +296,7 @@ class ConsumerRuntime:
         consumer = self._consumer
         next_prune = time.monotonic()
         next_reconcile = time.monotonic() + _RECONCILE_SECONDS
+        next_identity = time.monotonic() + _IDENTITY_SECONDS
         while not self._stop.is_set():
             data = await consumer.getmany(timeout_ms=_POLL_MS, max_records=self.settings.batch_size)
             if time.monotonic() >= next_prune:
@@ -288,6 +305,9 @@ class ConsumerRuntime:
             if time.monotonic() >= next_reconcile:
                 next_reconcile = time.monotonic() + _RECONCILE_SECONDS
                 await self._reconcile()
+            if time.monotonic() >= next_identity:
+                next_identity = time.monotonic() + _IDENTITY_SECONDS
+                await self._recheck_log()
             if not data:
                 continue
             partitions, spans, skipped = self._split(data)
@@ -304,19 +324,8 @@ class ConsumerRuntime:
                 result = await self._apply_until_done(partitions, spans)
                 if result is None:
                     return  # stopping during a store outage: nothing stored, nothing lost
-                for partition, offset in result.seek.items():
-                    tp = TopicPartition(self._topic, partition)
-                    log.warning(
-                        "%s[%d]: store holds offset %d, batch began at %d: seeking",
-                        self._topic,
-                        partition,
-                        offset,
-                        spans[partition][0],
-                    )
-                    consumer.seek(tp, offset)
-                    self._positions[partition] = offset
-                    if await self._below_log_start(tp, offset):
-                        self._gaps.add(partition)
+                if result.seek and not await self._seek_back(result.seek, spans):
+                    return  # stopping during a store outage
                 for partition, offset in result.next_offsets.items():
                     self._gaps.discard(partition)
                     self._positions[partition] = offset
@@ -351,10 +360,43 @@ class ConsumerRuntime:
             skipped[tp.partition] = left
         return partitions, spans, skipped
 
+    async def _seek_back(self, seek: dict[int, int], spans: dict[int, tuple[int, int]]) -> bool:
+        """Seek the partitions whose stored offset did not match their batch to that offset,
+        unless it belongs to another log (then to the new log's start); False when stopping
+        during a store outage."""
+        assert self._consumer is not None  # noqa: S101
+        stored = await self._retrying(
+            lambda: stored_offsets(self.store, self.service.name, self._topic),
+            lambda: "stored offsets unreadable",
+        )
+        if stored is None:
+            return False
+        # A stored offset past the batch's start is a replay, a zombie owner, or another log.
+        ahead = [p for p, offset in seek.items() if offset > spans[p][0]]
+        checked = await self._reset_other_logs(ahead, stored, with_ends=True)
+        if checked is None:
+            return False
+        for partition, held in seek.items():
+            offset = checked[partition].next_offset if partition in checked else held
+            tp = TopicPartition(self._topic, partition)
+            log.warning(
+                "%s[%d]: store holds offset %d, batch began at %d: seeking",
+                self._topic,
+                partition,
+                offset,
+                spans[partition][0],
+            )
+            self._consumer.seek(tp, offset)
+            self._positions[partition] = offset
+            if offset < spans[partition][0] and await self._below_log_start(tp, offset):
+                self._gaps.add(partition)
+        return True
+
     async def _below_log_start(self, tp: TopicPartition, offset: int) -> bool:
         """True when the records from `offset` are gone from Kafka (retention): the next batch
-        then starts later, and that gap is accepted. Only then: a partition sought to records
-        that exist must start there, or a replay landing meanwhile would be overwritten."""
+        then starts later, and that gap is accepted, counted and said. Only then: a partition
+        sought to records that exist must start there, or a replay landing meanwhile would be
+        overwritten."""
         assert self._consumer is not None  # noqa: S101
         try:
             beginnings = await self._consumer.beginning_offsets([tp])
@@ -364,7 +406,133 @@ class ConsumerRuntime:
             log.info("%s[%d]: log start unknown (%r): no gap accepted", tp.topic, tp.partition, exc)
             return False
         start: int = beginnings.get(tp, 0)
-        return offset < start
+        if offset >= start or tp.partition in self._gaps:
+            return offset < start
+        metrics.RECORDS_LOST.labels(self.service.name).inc(start - offset)
+        log.error(
+            "%s[%d]: records %d to %d were deleted by the broker's retention before this "
+            "service read them: %d records lost, going on from %d",
+            tp.topic,
+            tp.partition,
+            offset,
+            start - 1,
+            start - offset,
+            start,
+        )
+        return True
+
+    async def _current_topic_id(self) -> str | None:
+        """The raw topic's id as the broker reports it now; None when it does not (a broker
+        older than topic ids, no answer in time, the topic missing)."""
+        assert self._consumer is not None  # noqa: S101
+        client = self._consumer._client
+        try:
+            async with asyncio.timeout(_IDENTITY_TIMEOUT_SECONDS):
+                response = await client.send(client.get_random_node(), TopicIdRequest(self._topic))
+        except (NotImplementedError, IncompatibleBrokerVersion):
+            return None  # a broker older than topic ids: the log's end alone tells
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.info("%s: topic id unknown (%r)", self._topic, exc)
+            return None
+        topic_id = topic_id_of(response, self._topic)
+        if topic_id is not None:
+            self._topic_id = topic_id
+        return topic_id
+
+    def _fetched_ends(self, partitions: list[int]) -> dict[int, int]:
+        """The high watermark of each partition's last fetch, where there was one. Not
+        ListOffsets(latest): the local broker (Tansu) answers it short of the end for a
+        partition whose last record batch holds several records."""
+        assert self._consumer is not None  # noqa: S101
+        ends: dict[int, int] = {}
+        for partition in partitions:
+            high = self._consumer.highwater(TopicPartition(self._topic, partition))
+            if high is not None:
+                ends[partition] = int(high)
+        return ends
+
+    async def _reset_other_logs(
+        self,
+        partitions: list[int],
+        stored: dict[int, Stored],
+        *,
+        with_ends: bool = False,
+        confirm: bool = False,
+    ) -> dict[int, Stored] | None:
+        """`stored`, with each of `partitions` whose stored offset belongs to another log moved
+        to the new log's start, in the store too (logged once at ERROR and counted); None when
+        stopping during a store outage.
+
+        A changed topic id tells at once. The log's end (the high watermark of the last fetch)
+        is asked only `with_ends`; with `confirm`, a stored offset beyond it must be seen so at
+        two checks in a row: right after a leader moved, the new leader's high watermark may
+        trail the old one's for a moment."""
+        # Asked even when nothing is stored yet: the first batches store it beside their
+        # offsets, so that the topic recreated later is told apart.
+        topic_id = await self._current_topic_id()
+        held = {p: stored[p] for p in partitions if p in stored}
+        if not held:
+            return stored
+        resets = find_resets(held, topic_id, {})
+        if with_ends:
+            suspects: dict[int, int] = {}
+            by_id = {r.partition for r in resets}
+            for reset in find_resets(held, None, self._fetched_ends(sorted(held))):
+                if reset.partition in by_id:
+                    continue
+                if confirm and self._beyond_end.get(reset.partition) != reset.stored_offset:
+                    suspects[reset.partition] = reset.stored_offset
+                    continue
+                resets.append(reset)
+            if confirm:
+                self._beyond_end = suspects
+        if not resets:
+            return stored
+        done = await self._retrying(
+            lambda: reset_offsets(self.store, self.service.name, self._topic, resets, topic_id),
+            lambda: "log reset not stored",
+        )
+        if done is None:
+            return None
+        updated = dict(stored)
+        for reset in done:
+            self._report_reset(reset)
+            updated[reset.partition] = Stored(reset.new_offset, topic_id)
+        return updated
+
+    def _report_reset(self, reset: LogReset) -> None:
+        metrics.LOG_RESETS.labels(self.service.name).inc()
+        self._gaps.discard(reset.partition)
+        log.error(
+            "%s[%d]: the stored offsets belong to another log (%s): taking the partition again "
+            "from offset %d (was %d); the dedup keys keep what was applied from being applied "
+            "twice",
+            self._topic,
+            reset.partition,
+            reset.reason,
+            reset.new_offset,
+            reset.stored_offset,
+        )
+
+    async def _recheck_log(self) -> None:
+        """Check the assigned partitions against the log they are read from; seek those on
+        another log to its start."""
+        assert self._consumer is not None  # noqa: S101
+        async with self._lock:
+            try:
+                stored = await stored_offsets(self.store, self.service.name, self._topic)
+            except StoreError as exc:  # the next check will do
+                log.info("log identity not checked: %s", exc)
+                return
+            assigned = sorted(tp.partition for tp in self._consumer.assignment())
+            checked = await self._reset_other_logs(assigned, stored, with_ends=True, confirm=True)
+            for partition in assigned:
+                if checked is None or partition not in checked:
+                    continue
+                offset = checked[partition].next_offset
+                if checked[partition] is not stored.get(partition):
+                    self._consumer.seek(TopicPartition(self._topic, partition), offset)
+                    self._positions[partition] = offset
 
     async def _reconcile(self) -> None:
         """Seek every assigned partition whose stored offset went back below the position
@@ -377,7 +545,8 @@ class ConsumerRuntime:
                 log.info("stored offsets not compared: %s", exc)
                 return
             for tp in self._consumer.assignment():
-                stored = offsets.get(tp.partition)
+                held = offsets.get(tp.partition)
+                stored = None if held is None else held.next_offset
                 position = self._positions.get(tp.partition)
                 if stored is None or position is None or stored >= position:
                     continue
@@ -391,6 +560,18 @@ class ConsumerRuntime:
                 self._consumer.seek(tp, stored)
                 self._positions[tp.partition] = stored
                 self._gaps.discard(tp.partition)  # a gap accepted before is not this one
+        self._measure_lag()
+
+    def _measure_lag(self) -> None:
+        """Lag per assigned partition from the last high watermark the broker reported: every
+        second, not only after a commit, so that records waiting on a stalled service show."""
+        assert self._consumer is not None  # noqa: S101
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            position = self._positions.get(tp.partition)
+            if high is not None and position is not None:
+                lag = max(0, high - position)
+                metrics.LAG.labels(self.service.name, str(tp.partition)).set(lag)
 
     async def _apply_until_done(
         self, partitions: dict[int, list[Record]], spans: dict[int, tuple[int, int]]
@@ -411,6 +592,7 @@ class ConsumerRuntime:
                 self._dead_letter,
                 frozenset(self._gaps),
                 spans,
+                self._topic_id,
             ),
             what,
         )
@@ -454,6 +636,7 @@ class ConsumerRuntime:
         skipped: dict[int, dict[bytes, int]],
     ) -> None:
         name = self.service.name
+        metrics.LAST_COMMIT.labels(name).set(self._clock())
         metrics.BATCH_RECORDS.labels(name).observe(size)
         metrics.BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
         now_ms = self._clock() * 1000
@@ -515,6 +698,7 @@ class ConsumerRuntime:
         while True:
             try:
                 offsets = await stored_offsets(self.store, self.service.name, self._topic)
+                checked = await self._reset_other_logs([tp.partition for tp in assigned], offsets)
                 break
             except StoreUnavailable as exc:
                 metrics.STORE_ERRORS.labels(self.service.name).inc()
@@ -522,6 +706,8 @@ class ConsumerRuntime:
                 attempt += 1
                 log.warning("stored offsets unreadable (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
+        if checked is None:  # stopping during a store outage: the next owner checks again
+            return
         # A partition the store has never seen starts at offset 0, whatever Kafka's own
         # committed offset says (the store may be new). An exact seek, not seek_to_beginning():
         # that one is applied lazily, after a fetch may already have begun elsewhere. And 0, not
@@ -532,7 +718,8 @@ class ConsumerRuntime:
         # (auto_offset_reset="earliest"); the store takes a fresh partition's first batch
         # wherever it begins.
         for tp in assigned:
-            offset = offsets.get(tp.partition, 0)
+            held = checked.get(tp.partition)
+            offset = 0 if held is None else held.next_offset
             self._consumer.seek(tp, offset)
             self._positions[tp.partition] = offset
         self.assigned.set()

@@ -69,6 +69,10 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (dlq_topic, dlq_partition, dlq_offset, event_id)
         )""",
     ],
+    # 3: the id of the topic the stored offsets were taken from (Kafka's topic id), so that a
+    # topic deleted and recreated is told from the one the offsets belong to
+    # (consumers/log_identity.py). NULL: stored before this, or by a broker without topic ids.
+    ["ALTER TABLE consumer_offsets ADD COLUMN topic_id TEXT"],
 ]
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"

@@ -39,7 +39,7 @@ from consumers.store import Store, open_store
 from tests.conftest import BIN, ROOT, Topics, make_topics, subprocess_env
 from wazza_hooks.localbroker import LocalBroker, free_port, port_in_use
 
-from ..postgres import fresh_database
+from ..postgres import database_dsn, fresh_database
 from ..processes import Running, running
 from .helpers import completed, failed, ids, progress, publish, rows
 
@@ -591,7 +591,9 @@ async def test_a_store_that_waiting_cannot_fix_stops_the_consumer_with_exit_1_na
     broker: LocalBroker, postgres_server: str, tmp_path: Path, kind: str
 ) -> None:
     if kind.startswith("postgresql"):
-        url = postgres_server.rsplit("/", 1)[0] + f"/wazza_missing_{uuid.uuid4().hex[:8]}"
+        # The server's DSN with another database: over a unix socket the host is a query
+        # parameter, so the path alone is replaced.
+        url = database_dsn(postgres_server, f"wazza_missing_{uuid.uuid4().hex[:8]}")
         expected = "check DATABASE_URL"
     else:
         garbage = tmp_path / "garbage.db"

@@ -296,3 +296,110 @@ async def test_a_producer_start_that_never_ends_is_bounded_logged_and_retried(
     said = next(r for r in caplog.records if "took over 1 s" in r.getMessage())
     assert f"broker {bootstrap} unreachable" in said.getMessage()
     assert time.monotonic() - started < 30
+
+
+# --- another log under the stored offsets (DESIGN.md invariant 7) -----------------------------
+
+
+def resets_counted(service: str) -> float:
+    return consumer_metrics.LOG_RESETS.labels(service)._value.get()  # type: ignore[no-any-return]
+
+
+async def partition_offsets(store: Store, service: str, topic: str) -> dict[int, int]:
+    return {
+        int(p): int(o)
+        for p, o in await rows(
+            store,
+            "SELECT kafka_partition, next_offset FROM consumer_offsets "
+            "WHERE service = ? AND topic = ?",
+            service,
+            topic,
+        )
+    }
+
+
+async def history_holds(store: Store, service: str, events: int) -> bool:
+    found = await rows(store, "SELECT COUNT(*) FROM job_events WHERE service = ?", service)
+    return int(found[0][0]) == events
+
+
+async def offsets_equal(store: Store, service: str, topic: str, records: int) -> bool:
+    return sum((await partition_offsets(store, service, topic)).values()) == records
+
+
+async def test_only_the_partition_whose_stored_offset_lies_beyond_its_end_is_read_again(
+    broker: LocalBroker, store: Store
+) -> None:
+    """Three partitions applied; one's stored offset then lies past its log's end (as after a
+    truncation or a restore). New events on every partition are all applied: that partition is
+    taken from its first record again (its old events counted as duplicates, nothing applied
+    twice), the two others go on where they stood."""
+    topics = await make_topics(broker.bootstrap_servers, partitions=3)
+    settings = settings_for(broker, topics)
+    first = [progress(f"job_a{i}", 10, "2025-10-22T10:00:00Z") for i in range(30)]
+    await publish(broker.bootstrap_servers, topics.raw, first)
+    async with running(store, settings, BUILTIN["progress"]):
+        await until(lambda: offsets_reach(store, "progress", 30), "30 records consumed")
+    before = await partition_offsets(store, "progress", topics.raw)
+    moved = max(before, key=lambda p: before[p])  # the partition with the most records
+    async with store.transaction() as tx:
+        await tx.execute(
+            "UPDATE consumer_offsets SET next_offset = next_offset + 1000 "
+            "WHERE service = 'progress' AND topic = ? AND kafka_partition = ?",
+            topics.raw,
+            moved,
+        )
+    resets = resets_counted("progress")
+    duplicates = counter("progress", "job.processing", "duplicate")
+
+    second = [progress(f"job_b{i}", 10, "2025-10-22T10:00:00Z") for i in range(30)]
+    await publish(broker.bootstrap_servers, topics.raw, second)
+    async with running(store, settings, BUILTIN["progress"]):
+        await until(lambda: history_holds(store, "progress", 60), "60 events applied")
+        await until(lambda: offsets_equal(store, "progress", topics.raw, 60), "the partitions read")
+
+    assert resets_counted("progress") - resets == 1
+    assert counter("progress", "job.processing", "duplicate") - duplicates == before[moved]
+    applied = await rows(store, "SELECT COUNT(*) FROM job_events WHERE service = 'progress'")
+    assert applied == [(60,)]
+    after = await partition_offsets(store, "progress", topics.raw)
+    assert sum(after.values()) == 60
+
+
+async def test_a_raw_topic_deleted_and_recreated_while_the_service_runs_is_read_anew(
+    broker: LocalBroker, store: Store
+) -> None:
+    """The new topic gets more records than the old one had, so its offsets pass the stored
+    ones: only its new topic id tells it apart. Every new event is applied, each once."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from wazza_hooks.topics import ensure_topics
+
+    topics = await make_topics(broker.bootstrap_servers, partitions=2)
+    settings = settings_for(broker, topics)
+    resets = resets_counted("completion")
+    first = [completed(f"job_c{i}", "2025-10-22T10:00:00Z") for i in range(10)]
+    await publish(broker.bootstrap_servers, topics.raw, first)
+    async with running(store, settings, BUILTIN["completion"]):
+        await until(lambda: offsets_reach(store, "completion", 10), "10 records consumed")
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+        await admin.start()
+        try:
+            await admin.delete_topics([topics.raw])
+        finally:
+            await admin.close()
+        await ensure_topics(broker.bootstrap_servers, {topics.raw: 2})
+        second = [completed(f"job_d{i}", "2025-10-22T10:00:00Z") for i in range(40)]
+        await publish(broker.bootstrap_servers, topics.raw, second)
+
+        await until(
+            lambda: history_holds(store, "completion", 50), "the new topic's events applied"
+        )
+        await until(
+            lambda: offsets_equal(store, "completion", topics.raw, 40), "the new topic read"
+        )
+    assert resets_counted("completion") - resets == 2  # both partitions had stored offsets
+    for i in range(40):
+        state = await job(store, f"job_d{i}")
+        assert state is not None
+        assert state["status"] == "completed"

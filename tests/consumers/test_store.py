@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from consumers.batch import Record, apply_batch, prune_dedup_keys, stored_offsets
+from consumers.log_identity import Stored
 from consumers.service import BUILTIN
 from consumers.store import Store, StoreError, StoreUnavailable, open_store
 from consumers.store.schema import MIGRATIONS
@@ -44,7 +45,7 @@ async def test_a_batch_applies_its_events_and_stores_the_next_offset(store: Stor
     result = await apply_batch(store, BUILTIN["progress"], "t.raw", batch, never)
 
     assert [o for _, o, _ in result.outcomes] == ["applied"]
-    assert await stored_offsets(store, "progress", "t.raw") == {0: 1}
+    assert await stored_offsets(store, "progress", "t.raw") == {0: Stored(1, None)}
     state = await job(store, "j1")
     assert state is not None
     assert (state["status"], state["percent"], state["stage"]) == ("processing", 40.0, "rendering")
@@ -60,7 +61,7 @@ async def test_a_replayed_batch_is_refused_by_the_offset_guard_and_changes_nothi
 
     assert replay.seek == {0: 1}
     assert replay.outcomes == []
-    assert await stored_offsets(store, "progress", "t.raw") == {0: 1}
+    assert await stored_offsets(store, "progress", "t.raw") == {0: Stored(1, None)}
 
 
 async def test_the_same_event_at_another_offset_is_a_duplicate(store: Store) -> None:
@@ -79,7 +80,7 @@ async def test_a_service_skips_event_types_it_does_not_take(store: Store) -> Non
 
     assert [o for _, o, _ in result.outcomes] == ["skipped"]
     assert await job(store, "j3") is None
-    assert await stored_offsets(store, "progress", "t.raw") == {0: 1}
+    assert await stored_offsets(store, "progress", "t.raw") == {0: Stored(1, None)}
 
 
 async def test_a_bad_database_url_is_a_store_error_naming_it() -> None:
