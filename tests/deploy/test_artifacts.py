@@ -67,6 +67,10 @@ def test_every_dashboard_panel_and_alert_has_a_query_on_a_wazza_metric() -> None
         "WazzaDeadLetters",
         "WazzaNoWebhooksReceived",
         "WazzaTargetDown",
+        "WazzaConsumerStalled",
+        "WazzaConsumerRecordsLost",
+        "WazzaConsumerLogReset",
+        "WazzaQuarantinedWebhooks",
     } <= alerts
 
 
@@ -103,5 +107,9 @@ def test_the_dashboard_covers_what_operators_watch() -> None:
         "lag",
         "dead letters",
         "end-to-end",
+        "log resets",
+        "records lost",
+        "since last commit",
+        "quarantined",
     ):
         assert topic in titles, f"no panel about {topic!r}"

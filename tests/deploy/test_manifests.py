@@ -6,8 +6,10 @@ checks between the files, are what can be proved here."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,15 @@ import yaml
 
 from tests.conftest import ROOT
 
-from .artifacts import COMPOSE, DEPLOY, DOCKERFILE, K8S, PROMETHEUS_CONFIG, require_tool
+from .artifacts import (
+    COMPOSE,
+    DEPLOY,
+    DOCKERFILE,
+    K8S,
+    PROMETHEUS_CONFIG,
+    require_tool,
+    yaml_documents,
+)
 
 # Each validator reads a few small files; generous for a loaded CI machine.
 TOOL_SECONDS = 120
@@ -79,6 +89,49 @@ def test_compose_runs_kafka_in_kraft_mode_and_every_service() -> None:
     assert {"prometheus", "grafana", "lb"} <= set(services)
 
 
+def test_compose_runs_kafka_4_with_a_fixed_cluster_id() -> None:
+    kafka = compose()["services"]["kafka"]
+    assert kafka["image"].split(":")[1].split(".")[0] == "4"
+    cluster_id = kafka["environment"]["CLUSTER_ID"]
+    match = re.fullmatch(r"\$\{KAFKA_CLUSTER_ID:-([A-Za-z0-9_-]{22})\}", cluster_id)
+    assert match, f"CLUSTER_ID must be overridable with a default, not {cluster_id!r}"
+    assert "KAFKA_CLUSTER_ID" in (DEPLOY / "env.example").read_text()
+
+
+def test_compose_rotates_every_container_log() -> None:
+    for name, service in compose()["services"].items():
+        logging = service.get("logging")
+        assert logging, f"{name}: no log rotation"
+        assert logging["driver"] == "json-file"
+        assert logging["options"]["max-size"]
+        assert int(logging["options"]["max-file"]) >= 2
+
+
+def test_compose_reserves_the_load_balancer_address_and_keeps_admin_ports_on_loopback() -> None:
+    doc = compose()
+    pool = doc["networks"]["wazza"]["ipam"]["config"][0]
+    subnet = ipaddress.ip_network(pool["subnet"])
+    dynamic = ipaddress.ip_network(pool["ip_range"])
+    lb = ipaddress.ip_address(doc["services"]["lb"]["networks"]["wazza"]["ipv4_address"])
+    assert dynamic.subnet_of(subnet)
+    assert lb in subnet
+    assert lb not in dynamic
+    ingest_env = doc["services"]["ingest"]["environment"]
+    assert ipaddress.ip_network(ingest_env["WAZZA_TRUSTED_PROXIES"]) == ipaddress.ip_network(lb)
+    for name in ("prometheus", "grafana"):
+        for port in doc["services"][name]["ports"]:
+            assert port.startswith("${WAZZA_ADMIN_BIND_ADDRESS:-127.0.0.1}:"), (name, port)
+
+
+def test_env_example_leaves_every_secret_empty() -> None:
+    lines = (DEPLOY / "env.example").read_text().splitlines()
+    settings = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    assert {"WAZZA_WEBHOOK_SECRETS", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"} <= set(settings)
+    for key, value in settings.items():
+        assert value == "", f"{key} has a value in env.example"
+    assert "secrets.token_hex(32)" in "\n".join(lines)
+
+
 def test_compose_takes_every_secret_from_the_env_file_and_commits_none() -> None:
     secret_names = re.compile(r"SECRET|PASSWORD|DATABASE_URL")
     for name, service in compose()["services"].items():
@@ -117,6 +170,43 @@ def test_haproxy_config_is_valid_and_balances_over_ready_ingesters(tmp_path: Pat
     broken = tmp_path / "haproxy.cfg"
     broken.write_text(text.replace("balance roundrobin", "balance round-robin"))
     assert run(require_tool("haproxy"), "-c", "-f", str(broken)).returncode != 0
+
+
+def haproxy_sections() -> dict[str, list[str]]:
+    """Each section's directives (comments and blank lines left out), by `section name`."""
+    sections: dict[str, list[str]] = {}
+    current = ""
+    for raw in (DEPLOY / "haproxy" / "haproxy.cfg").read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if not raw[0].isspace():
+            current = line
+            sections[current] = []
+        else:
+            sections[current].append(line)
+    return sections
+
+
+def test_haproxy_bounds_clients_and_servers_and_retries_only_what_is_safe() -> None:
+    sections = haproxy_sections()
+    defaults = sections["defaults"]
+    assert "timeout http-request 10s" in defaults
+    server = next(d for d in defaults if d.startswith("timeout server "))
+    assert server == "timeout server 4500ms"  # over the 3 s publish deadline, under the 5 s one
+    assert "option redispatch" in defaults
+    retry_on = next(d for d in defaults if d.startswith("retry-on "))
+    assert set(retry_on.split()[1:]) <= {"conn-failure", "empty-response"}
+    assert any(d.startswith("maxconn ") for d in sections["global"])
+    assert any(d.startswith("maxconn ") for d in sections["frontend webhooks"])
+    metrics = sections["frontend metrics"]
+    assert any("use-service prometheus-exporter" in d for d in metrics)
+    metrics_port = next(d for d in metrics if d.startswith("bind ")).split(":")[-1]
+    lb = compose()["services"]["lb"]
+    assert all(not str(p).endswith(f":{metrics_port}") for p in lb["ports"]), "scrape only"
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["haproxy"]["static_configs"][0]["targets"] == [f"lb:{metrics_port}"]
 
 
 # --- Kubernetes -------------------------------------------------------------------------------
@@ -160,7 +250,9 @@ def by_kind(kind: str) -> list[dict[str, Any]]:
 def test_kustomization_lists_every_manifest_and_only_existing_ones() -> None:
     listed = set(kustomization()["resources"])
     present = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    assert listed == present
+    examples = {p.name for p in K8S.glob("*.example.yaml")}
+    assert listed == present - examples
+    assert not listed & examples, "examples are copied and edited, never applied as they are"
 
 
 def test_kubernetes_manifests_validate_strictly_against_the_kubernetes_schemas() -> None:
@@ -168,6 +260,89 @@ def test_kubernetes_manifests_validate_strictly_against_the_kubernetes_schemas()
     assert docs
     for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_the_ingress_example_validates_and_publishes_only_the_webhook_path() -> None:
+    docs = yaml_documents(K8S / "ingress.example.yaml")
+    assert [d["kind"] for d in docs] == ["Ingress"]
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    ingress = docs[0]
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == "1m"
+    for timeout in ("proxy-read-timeout", "proxy-send-timeout"):
+        assert int(annotations[f"nginx.ingress.kubernetes.io/{timeout}"]) < 5  # sender's 5 s
+    assert ingress["spec"]["tls"][0]["secretName"]
+    paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+    assert [(p["path"], p["pathType"]) for p in paths] == [("/api/webhooks/wazza", "Exact")]
+    ingest_service = next(s for s in by_kind("Service") if s["metadata"]["name"] == "wazza-ingest")
+    backend = paths[0]["backend"]["service"]
+    assert backend["name"] == "wazza-ingest"
+    assert backend["port"]["name"] in {p["name"] for p in ingest_service["spec"]["ports"]}
+
+
+def test_the_hpa_owns_the_ingester_count_and_budgets_allow_drains() -> None:
+    ingest = next(d for d in by_kind("Deployment") if d["metadata"]["name"] == "wazza-ingest")
+    assert "replicas" not in ingest["spec"], "the HPA owns the ingester's replica count"
+    budgets = {p["metadata"]["name"]: p["spec"] for p in by_kind("PodDisruptionBudget")}
+    assert budgets["wazza-ingest"].get("maxUnavailable") == 1
+    assert "minAvailable" not in budgets["wazza-ingest"]
+    for name in CONSUMER_PORTS:
+        assert budgets[f"wazza-{name}"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+def test_every_container_has_guaranteed_memory() -> None:
+    for deployment in by_kind("Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            resources = container["resources"]
+            assert resources["requests"]["memory"] == resources["limits"]["memory"], (
+                f"{deployment['metadata']['name']}/{container['name']}"
+            )
+
+
+def test_the_topics_init_container_takes_every_setting_from_the_config_map() -> None:
+    config = next(c for c in by_kind("ConfigMap") if c["metadata"]["name"] == "wazza-config")
+    ingest = next(d for d in by_kind("Deployment") if d["metadata"]["name"] == "wazza-ingest")
+    init = ingest["spec"]["template"]["spec"]["initContainers"][0]
+    argv = init["command"] + init.get("args", [])
+    assert argv[:3] == ["wazza-hooks", "topics", "ensure"]
+    flags = dict(arg.split("=", 1) for arg in argv[3:])
+    assert flags == {
+        "--bootstrap-servers": "$(KAFKA_BOOTSTRAP_SERVERS)",
+        "--partitions": "$(WAZZA_PARTITIONS)",
+        "--replication-factor": "$(WAZZA_REPLICATION_FACTOR)",
+        "--raw-topic": "$(WAZZA_RAW_TOPIC)",
+        "--quarantine-topic": "$(WAZZA_QUARANTINE_TOPIC)",
+        "--dlq-topic": "$(WAZZA_DLQ_TOPIC)",
+    }
+    # Every variable expanded comes from the ConfigMap the container reads.
+    assert [e["configMapRef"]["name"] for e in init["envFrom"]] == ["wazza-config"]
+    for value in flags.values():
+        assert value[2:-1] in config["data"], value
+    assert int(config["data"]["WAZZA_PARTITIONS"]) >= 1
+    assert int(config["data"]["WAZZA_REPLICATION_FACTOR"]) == 3
+
+
+def test_only_the_ingress_controller_is_a_trusted_proxy() -> None:
+    config = next(c for c in by_kind("ConfigMap") if c["metadata"]["name"] == "wazza-config")
+    for cidr in config["data"]["WAZZA_TRUSTED_PROXIES"].split(","):
+        network = ipaddress.ip_network(cidr.strip())
+        assert network.prefixlen >= 16, f"{cidr}: far wider than an ingress controller's pods"
+
+
+def test_ingesters_and_consumers_may_reach_only_kafka_postgres_and_dns() -> None:
+    policies = [p for p in by_kind("NetworkPolicy") if "Egress" in p["spec"]["policyTypes"]]
+    ports_by_component: dict[str, set[int]] = {}
+    for policy in policies:
+        component = policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        for rule in policy["spec"]["egress"]:
+            assert rule.get("to"), f"{policy['metadata']['name']}: a rule open to everywhere"
+            ports_by_component.setdefault(component, set()).update(p["port"] for p in rule["ports"])
+    assert ports_by_component == {"ingest": {9092, 9093, 53}, "consumer": {9092, 9093, 5432, 53}}
+    components = {d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+                  for d in by_kind("Deployment")}  # fmt: skip
+    assert components == set(ports_by_component)
 
 
 def test_kubernetes_schema_check_refuses_a_misspelt_field() -> None:
@@ -240,6 +415,54 @@ def test_hadolint_refuses_a_careless_dockerfile(tmp_path: Path) -> None:
     done = hadolint(careless)
     assert done.returncode != 0
     assert "DL3007" in done.stdout  # the :latest tag
+
+
+LOCK = DEPLOY / "docker" / "requirements.lock"
+
+
+def locked_requirements() -> list[str]:
+    """The lock's requirement entries, each joined with its continuation lines."""
+    text = LOCK.read_text().replace("\\\n", " ")
+    return [line for line in text.splitlines() if line and not line.lstrip().startswith("#")]
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def project_name(requirement: str) -> str:
+    """The normalized project name of a PEP 508 requirement (`aiohttp>=3.9,<4` -> `aiohttp`)."""
+    return normalized(re.split(r"[\s\[<>=!~;@]", requirement, maxsplit=1)[0])
+
+
+def test_the_lock_pins_every_runtime_dependency_with_hashes() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    entries = locked_requirements()
+    pins = {}
+    for entry in entries:
+        requirement = entry.split()[0]
+        assert "==" in requirement, f"not pinned: {requirement}"
+        name, version = requirement.split("==")
+        pins[normalized(name)] = version
+        hashes = re.findall(r"--hash=sha256:([0-9a-f]{64})\b", entry)
+        assert hashes, f"{requirement} has no hash"
+    for dependency in project["dependencies"]:
+        assert project_name(dependency) in pins, f"{dependency} is not in the lock"
+    for tool in ("pytest", "ruff", "mypy"):
+        assert tool not in pins, f"the dev tool {tool} is in the lock"
+
+
+def test_the_image_installs_the_lock_with_hashes_then_the_project_alone() -> None:
+    text = DOCKERFILE.read_text()
+    lock_install = text.index("--require-hashes --no-deps -r requirements.lock")
+    project_install = text.index("pip install --no-cache-dir --no-deps .")
+    assert lock_install < project_install
+    assert "COPY deploy/docker/requirements.lock" in text
+    ignore = (DEPLOY / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "!deploy/docker/requirements.lock" in ignore
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M)
+    assert base
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", base[1])
 
 
 def test_dockerfile_is_multi_stage_non_root_without_dev_extras_and_health_checked() -> None:
