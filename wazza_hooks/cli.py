@@ -15,11 +15,13 @@ import asyncio
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 
 from . import contract
+from .apache_kafka import TANSU_LACKS, kafka_version, local_broker
 from .config import port_argument
-from .localbroker import BrokerError, LocalBroker
+from .localbroker import BrokerError
 from .topics import DEFAULT_PARTITIONS, TopicError, default_topics, ensure_topics
 
 SENDER_COMMANDS = ("send-test", "simulate", "verify", "register")
@@ -36,10 +38,21 @@ def _parser() -> argparse.ArgumentParser:
 
     broker = sub.add_parser(
         "broker",
-        help="run the local Kafka-protocol broker (Tansu) in the foreground",
-        description="Run the local broker (memory only) and create the topics; Ctrl-C stops it.",
-        epilog="example:\n  wazza-hooks broker --port 9092 --partitions 12",
+        help="run a local broker (Apache Kafka, or Tansu without Java) in the foreground",
+        description=(
+            "Run a local broker and create the topics; Ctrl-C stops it. Apache Kafka (fetched "
+            "once by Maven) keeps its log under VAR/kafka across restarts; Tansu, the fallback "
+            "without Java, keeps it in memory only."
+        ),
+        epilog=(
+            "examples:\n  wazza-hooks broker --port 9092 --partitions 12\n"
+            "  wazza-hooks broker --engine tansu"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_engine_argument(broker)
+    broker.add_argument(
+        "--var", type=Path, default=Path("var"), help="state folder (default ./var)"
     )
     broker.add_argument("--host", default="127.0.0.1", help="address to listen on")
     broker.add_argument(
@@ -107,6 +120,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_engine_argument(parser: argparse.ArgumentParser) -> None:
+    """The `--engine` option of the commands that start a local broker."""
+    parser.add_argument(
+        "--engine",
+        choices=("kafka", "tansu"),
+        default=None,
+        help="kafka: Apache Kafka, its log on disk (default where Java 17+ and Maven are "
+        "found); tansu: memory only, no idempotent producers (the fallback without Java)",
+    )
+
+
 def _partitions(text: str) -> int:
     try:
         value = int(text)
@@ -159,22 +183,38 @@ def _broker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    broker = LocalBroker(port=args.port, host=args.host)
+    broker, fallback = local_broker(args.engine, args.var, args.port, args.host)
+    if fallback is not None:
+        print(f"wazza-hooks: Tansu, not Apache Kafka: {fallback}. {TANSU_LACKS}.", flush=True)
     broker.start()
     try:
         statuses = asyncio.run(
             ensure_topics(broker.bootstrap_servers, default_topics(args.partitions))
         )
-        print(f"local broker (Tansu, memory only) on {broker.bootstrap_servers}", flush=True)
+        if broker.memory_only:
+            print(f"local broker (Tansu, memory only) on {broker.bootstrap_servers}", flush=True)
+        else:
+            print(
+                f"local broker (Apache Kafka {kafka_version()}) on {broker.bootstrap_servers}, "
+                f"its log in {args.var / 'kafka'}",
+                flush=True,
+            )
         for status in statuses:
             print(f"  topic {status.name}: {status.partitions} partitions", flush=True)
-        print(
-            "services use it with: KAFKA_BOOTSTRAP_SERVERS="
-            f"{broker.bootstrap_servers} KAFKA_ENABLE_IDEMPOTENCE=false "
-            "(it refuses idempotent producers)",
-            flush=True,
-        )
-        print("Ctrl-C stops it; its data goes with it.", flush=True)
+        if broker.memory_only:
+            print(
+                "services use it with: KAFKA_BOOTSTRAP_SERVERS="
+                f"{broker.bootstrap_servers} KAFKA_ENABLE_IDEMPOTENCE=false "
+                "(it refuses idempotent producers)",
+                flush=True,
+            )
+            print("Ctrl-C stops it; its data goes with it.", flush=True)
+        else:
+            print(
+                f"services use it with: KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}",
+                flush=True,
+            )
+            print("Ctrl-C stops it; its log stays for the next start.", flush=True)
         while not stopping.wait(0.2):
             if not broker.running:
                 print("wazza-hooks: the broker exited on its own", file=sys.stderr)

@@ -134,10 +134,12 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPar
     """Every partition of `topic`; raises OpsError when the broker does not have it."""
     try:
         async with asyncio.timeout(BROKER_TIMEOUT_SECONDS):
-            await consumer.topics()  # a metadata request: the topic's partitions are current
+            # A metadata request for every topic, read from its own answer: the consumer's
+            # cached metadata holds only the topics it tracks (on Apache Kafka, none here).
+            cluster = await consumer._client.fetch_all_metadata()
     except (KafkaError, TimeoutError) as exc:
         raise OpsError(f"cannot read the broker's topics: {exc!r}") from exc
-    partitions = consumer.partitions_for_topic(topic)
+    partitions = cluster.partitions_for_topic(topic)
     if not partitions:
         raise OpsError(f"the broker has no topic {topic}")
     return [TopicPartition(topic, p) for p in sorted(partitions)]

@@ -21,6 +21,25 @@ _ADMIN_TIMEOUT_SECONDS = 15.0
 DEFAULT_PARTITIONS = 12
 
 
+# How often a topic just created is asked for its leaders.
+_LEADER_POLL_SECONDS = 0.05
+
+
+def _led(described: list[dict[str, object]], topics: Mapping[str, int]) -> bool:
+    """Every topic of `topics` described, without error, with a leader for each partition."""
+    found = {str(d["topic"]): d for d in described}
+    for name in topics:
+        topic = found.get(name)
+        if topic is None or topic.get("error_code"):
+            return False
+        partitions = topic.get("partitions")
+        if not isinstance(partitions, list) or not partitions:
+            return False
+        if any(p.get("leader", -1) < 0 or p.get("error_code") for p in partitions):
+            return False
+    return True
+
+
 class TopicError(RuntimeError):
     """A topic could not be created or the broker could not be reached."""
 
@@ -71,6 +90,12 @@ async def ensure_topics(
                 elif code != _TOPIC_ALREADY_EXISTS:
                     raise TopicError(f"cannot create topic {name}: {message} (error {code})")
             described = await admin.describe_topics(list(topics))
+            # A topic is created once the controller has it; a broker serves it a moment later
+            # (Apache Kafka applies the metadata asynchronously). Until every partition has a
+            # leader, a produce or a fetch there is refused, so wait for that, within the bound.
+            while not _led(described, topics):
+                await asyncio.sleep(_LEADER_POLL_SECONDS)
+                described = await admin.describe_topics(list(topics))
     except (KafkaError, TimeoutError) as exc:
         raise TopicError(f"topic administration failed on {bootstrap_servers}: {exc!r}") from exc
     finally:

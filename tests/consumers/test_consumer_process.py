@@ -746,10 +746,11 @@ async def test_a_store_outage_is_waited_out_by_the_same_process_and_skips_nothin
 
 
 async def test_left_idempotent_against_the_local_broker_a_consumer_says_which_setting_to_change(
-    broker: LocalBroker, store_url: str
+    tansu_broker: LocalBroker, store_url: str
 ) -> None:
     """Its dead-letter producer is idempotent by default (for Apache Kafka), which the local
     broker refuses: the service stays up and not ready, and says why and what to set."""
+    broker = tansu_broker
     topics = await make_topics(broker.bootstrap_servers, partitions=PARTITIONS)
     port = free_port()
     env = consumer_env(broker, topics, store_url, group_prefix())

@@ -518,11 +518,13 @@ async def test_the_process_routes_every_path_as_the_application_declares_it(
 
 
 async def test_left_idempotent_against_the_local_broker_it_says_which_setting_to_change(
-    broker: LocalBroker, topics: Topics
+    tansu_broker: LocalBroker,
 ) -> None:
     """The local broker refuses idempotent producers, and idempotence is on by default (for
     Apache Kafka): the ingester answers 503 (nothing published), and its /readyz and its log
     say the broker refused it and name KAFKA_ENABLE_IDEMPOTENCE, rather than 'unreachable'."""
+    broker = tansu_broker
+    topics = await make_topics(broker.bootstrap_servers)
     port = free_port()
     env = ingest_env(broker, topics)
     del env["KAFKA_ENABLE_IDEMPOTENCE"]

@@ -208,10 +208,11 @@ async def test_dlq_refusals_are_one_line_with_a_non_zero_exit(
 
 
 async def test_redriving_through_a_broker_that_refuses_idempotence_names_the_setting(
-    broker: LocalBroker,
+    tansu_broker: LocalBroker,
 ) -> None:
     """Idempotence is on by default (for Apache Kafka); the local broker refuses it, and the
     redrive's producer says which setting to change instead of 'cannot reach the broker'."""
+    broker = tansu_broker
     with pytest.raises(OpsError) as refused:
         async with broker_writer(broker.bootstrap_servers, enable_idempotence=True):
             pass
