@@ -20,7 +20,9 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from .localbroker import LocalBroker, port_in_use
+from . import contract
+from .apache_kafka import TANSU_LACKS, local_broker
+from .localbroker import port_in_use
 from .topics import DEFAULT_PARTITIONS, default_topics, ensure_topics
 
 # The store the jobs and sender commands read by default: the same file.
@@ -37,17 +39,27 @@ _SERVICES = ("completion", "failure", "progress")
 _RESET = "\033[0m"
 # The ingester's own graceful stop is bounded by its shutdown timeout (10 s) plus the flush.
 _STOP_SECONDS = 15.0
+# On a stop, a memory-only broker's records are waited for until the consumers applied them, at
+# most this long: the three services apply thousands of records a second, so a backlog that
+# takes longer is a consumer that is stuck, not one that is slow; a second Ctrl-C ends it sooner.
+_DRAIN_SECONDS = 120.0
+# How often the drain compares the consumers' stored offsets with the log's end, and prints
+# the records left.
+_DRAIN_POLL_SECONDS = 0.5
 
 
 def add_dev_parser(sub: Any) -> None:
     """Register the `dev` subcommand."""
     dev = sub.add_parser(
         "dev",
-        help="run the local stack: broker, topics, ingester",
+        help="run the local stack: broker, topics, ingester, consumers",
         description="Run the local stack in the foreground; Ctrl-C stops everything.",
         epilog="examples:\n  wazza-hooks dev\n  wazza-hooks dev --port 8081 --ingesters 2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from .cli import add_engine_argument
+
+    add_engine_argument(dev)
     dev.add_argument("--port", type=int, default=8080, help="the ingester's port (default 8080)")
     dev.add_argument("--broker-port", type=int, default=9092, help="the broker's port (9092)")
     dev.add_argument("--ingesters", type=int, default=1, help="ingester worker processes (1)")
@@ -93,6 +105,8 @@ def run_dev(args: argparse.Namespace) -> int:
     import asyncio
 
     busy = [("ingester", args.port), ("broker", args.broker_port)]
+    if args.engine != "tansu":
+        busy.append(("broker's controller", args.broker_port + 1))
     busy += [(f"{n} metrics", args.metrics_port + i) for i, n in enumerate(_SERVICES)]
     for what, port in busy:
         if port_in_use("127.0.0.1", port):
@@ -104,13 +118,19 @@ def run_dev(args: argparse.Namespace) -> int:
             return 1
     secret = dev_secret(args.var)
     stopping = threading.Event()
+    cut_short = threading.Event()
 
     def stop(signum: int, frame: FrameType | None) -> None:
+        # The first signal stops the stack (after the drain); a second one ends the drain.
+        if stopping.is_set():
+            cut_short.set()
         stopping.set()
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    broker = LocalBroker(port=args.broker_port, log_path=args.var / "broker.log")
+    broker, fallback = local_broker(args.engine, args.var, args.broker_port)
+    if fallback is not None:
+        print(f"wazza-hooks dev: Tansu, not Apache Kafka: {fallback}. {TANSU_LACKS}.", flush=True)
     broker.start()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
@@ -119,7 +139,8 @@ def run_dev(args: argparse.Namespace) -> int:
             **os.environ,
             "WAZZA_WEBHOOK_SECRETS": secret,
             "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-            "KAFKA_ENABLE_IDEMPOTENCE": "false",  # the local broker refuses InitProducerId
+            # Tansu refuses InitProducerId; Apache Kafka keeps the production default (on).
+            "KAFKA_ENABLE_IDEMPOTENCE": "false" if broker.memory_only else "true",
             "DATABASE_URL": args.store,
         }
         commands = {
@@ -142,7 +163,7 @@ def run_dev(args: argparse.Namespace) -> int:
             stream = procs[name].stdout
             assert stream is not None  # noqa: S101
             threading.Thread(target=_pipe, args=(name, stream), daemon=True).start()
-        _banner(args, broker.bootstrap_servers)
+        _banner(args, broker.bootstrap_servers, broker.memory_only)
         while not stopping.is_set():
             for name, proc in procs.items():
                 if proc.poll() is not None:
@@ -151,6 +172,12 @@ def run_dev(args: argparse.Namespace) -> int:
             stopping.wait(0.2)
         return 0
     finally:
+        # The ingester first: nothing new is acknowledged while the consumers catch up.
+        ingest = procs.pop("ingest", None)
+        if ingest is not None:
+            _stop_process(ingest)
+        if broker.memory_only and procs and all(p.poll() is None for p in procs.values()):
+            asyncio.run(_drain(broker.bootstrap_servers, args.store, cut_short))
         for proc in procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -165,7 +192,98 @@ def run_dev(args: argparse.Namespace) -> int:
         print("wazza-hooks dev: stopped", flush=True)
 
 
-def _banner(args: argparse.Namespace, bootstrap: str) -> None:
+def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL past the stop bound."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=_STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def _records_left(bootstrap: str, store_url: str) -> dict[str, int]:
+    """Per consumer service, the records of the raw topic it has not applied yet.
+
+    The log's end is the high watermark of a fetch from where the services stand, not
+    ListOffsets(latest): the local broker (Tansu) answers that short of the end for a partition
+    whose last record batch holds several records."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from consumers.batch import stored_offsets
+    from consumers.store import open_store
+
+    store = await open_store(store_url)
+    try:
+        stored = {s: await stored_offsets(store, s, contract.RAW_TOPIC) for s in _SERVICES}
+    finally:
+        await store.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(contract.RAW_TOPIC) or set()
+        tps = [TopicPartition(contract.RAW_TOPIC, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        for tp in tps:
+            held = [o.next_offset for o in (s.get(tp.partition) for s in stored.values()) if o]
+            consumer.seek(tp, min(held) if len(held) == len(stored) else 0)
+        deadline = time.monotonic() + _DRAIN_POLL_SECONDS * 10
+        while any(consumer.highwater(tp) is None for tp in tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError("no fetch answered for every partition")
+            await consumer.getmany(timeout_ms=100)
+        ends = {tp.partition: int(consumer.highwater(tp)) for tp in tps}
+    finally:
+        await consumer.stop()
+    return {
+        service: sum(
+            max(0, end - (held[p].next_offset if p in held else 0)) for p, end in ends.items()
+        )
+        for service, held in stored.items()
+    }
+
+
+async def _drain(bootstrap: str, store_url: str, cut_short: threading.Event) -> None:
+    """Wait until every consumer service applied every record of the memory-only broker (which
+    loses them when it stops), with a progress line; at most _DRAIN_SECONDS, or until
+    `cut_short` (a second Ctrl-C). Says what was left unapplied, if anything."""
+    import asyncio
+
+    deadline = time.monotonic() + _DRAIN_SECONDS
+    left: dict[str, int] = {}
+    said = ""
+    while True:
+        try:
+            left = await _records_left(bootstrap, store_url)
+        except Exception as exc:  # the broker or the store gone: nothing more to wait for
+            print(f"wazza-hooks dev: cannot tell what is left to apply ({exc!r})", flush=True)
+            return
+        total = sum(left.values())
+        if not total:
+            if said:
+                print("wazza-hooks dev: every acknowledged record applied", flush=True)
+            return
+        if cut_short.is_set() or time.monotonic() >= deadline:
+            break
+        line = ", ".join(f"{s} {n}" for s, n in left.items() if n)
+        if line != said:
+            print(
+                f"wazza-hooks dev: waiting for the consumers to apply what the memory-only "
+                f"broker holds: {line} records left (Ctrl-C again to stop now and lose them)",
+                flush=True,
+            )
+            said = line
+        await asyncio.sleep(_DRAIN_POLL_SECONDS)
+    line = ", ".join(f"{s} {n}" for s, n in left.items() if n)
+    print(
+        f"wazza-hooks dev: stopped before the consumers applied every acknowledged record: "
+        f"{line} not applied, lost with the memory-only broker",
+        flush=True,
+    )
+
+
+def _banner(args: argparse.Namespace, bootstrap: str, memory_only: bool) -> None:
     url = f"http://127.0.0.1:{args.port}/api/webhooks/wazza"
     secret_file = args.var / "dev-secret"
     hooks = _own_command("wazza-hooks")
@@ -178,6 +296,12 @@ def _banner(args: argparse.Namespace, bootstrap: str) -> None:
     )
     if args.var != Path("var") or exported_secret:
         to += f' --secret "$(cat {secret_file})"'
+    broker_note = (
+        "Tansu, memory only: a stop loses every record it holds, so Ctrl-C first waits until "
+        "the consumers applied them; a second Ctrl-C stops at once"
+        if memory_only
+        else f"Apache Kafka, its log kept in {args.var / 'kafka'} across restarts"
+    )
     exported_store = os.environ.get("DATABASE_URL")
     store = (
         f"DATABASE_URL={args.store} "
@@ -191,7 +315,7 @@ def _banner(args: argparse.Namespace, bootstrap: str) -> None:
                 "wazza-hooks is running locally",
                 f"  webhook URL      {url}",
                 f"  secret           kept in {secret_file} (generated for this machine)",
-                f"  broker           {bootstrap} (Tansu, memory only)",
+                f"  broker           {bootstrap} ({broker_note})",
                 f"  metrics          http://127.0.0.1:{args.port}/metrics (ingester), "
                 f"ports {args.metrics_port}-{args.metrics_port + 2} (consumers)",
                 f"  store            {args.store}",

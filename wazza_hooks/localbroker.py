@@ -59,6 +59,9 @@ def port_in_use(host: str, port: int) -> bool:
 class LocalBroker:
     """One Tansu process on host:port. Use as a context manager, or call start() and stop()."""
 
+    memory_only = True
+    """Its records are gone when it stops (`wazza-hooks dev` waits for the consumers first)."""
+
     def __init__(
         self,
         port: int | None = None,

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -86,6 +87,14 @@ def run(argv: list[str], timeout: float = REFUSAL_SECONDS) -> subprocess.Complet
     )
 
 
+def free_metrics_ports() -> int:
+    """The first of three consecutive free ports (a dev stack's consumers' metrics)."""
+    while True:
+        first = free_port()
+        if first < 65533 and not any(port_in_use("127.0.0.1", first + i) for i in (1, 2)):
+            return first
+
+
 def two_free_ports() -> tuple[int, int]:
     first = free_port()
     second = free_port()
@@ -118,7 +127,7 @@ async def partition_counts(bootstrap: str, names: tuple[str, ...]) -> dict[str, 
 
 async def test_broker_serves_the_three_topics_and_takes_tansu_along_on_ctrl_c() -> None:
     port = free_port()
-    with running(hooks("broker", "--port", port, "--partitions", 5)) as broker:
+    with running(hooks("broker", "--engine", "tansu", "--port", port, "--partitions", 5)) as broker:
         await broker.wait_for_stdout("Ctrl-C", START_SECONDS)
         tansu = tansu_on(port)
         assert len(tansu) == 1, f"expected one Tansu on port {port}, found {tansu}"
@@ -218,7 +227,10 @@ async def test_dev_runs_a_stack_that_takes_a_signed_webhook_and_stops_whole_on_c
     port, broker_port = two_free_ports()
     var = tmp_path / "var"  # the default ./var of the folder it runs in, as make run's
     url = f"http://127.0.0.1:{port}/api/webhooks/wazza"
-    dev_argv = hooks("dev", "--port", port, "--broker-port", broker_port)
+    dev_argv = hooks(
+        "dev", "--engine", "tansu", "--port", port, "--broker-port", broker_port,
+        "--metrics-port", free_metrics_ports(),
+    )  # fmt: skip
     # A shell with another secret and store exported: the stack keeps its own, and the commands
     # its banner prints must still reach them.
     shell_env = subprocess_env(
@@ -292,6 +304,70 @@ async def test_dev_runs_a_stack_that_takes_a_signed_webhook_and_stops_whole_on_c
     )
     left = {pid for pid in stack if alive(pid)}
     assert not left, f"processes of the stack still running: {left}"
+
+
+async def dev_ready(dev: Any, port: int) -> None:
+    """Until the stack's ingester answers /readyz with 200 (it is up, its broker too)."""
+    url = f"http://127.0.0.1:{port}/api/webhooks/wazza"
+    await dev.wait_for_stdout(url, START_SECONDS * 3)
+    deadline = time.monotonic() + START_SECONDS * 3
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(
+                    f"http://127.0.0.1:{port}/readyz", timeout=aiohttp.ClientTimeout(total=2)
+                ) as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    pytest.fail(f"the dev ingester never became ready\n{dev.output()}")
+
+
+async def test_dev_on_the_memory_only_broker_drains_on_ctrl_c_and_applies_every_job_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The scenario of a new user: `dev` with the memory-only broker, 200 jobs, Ctrl-C right after
+    them (the stack waits until the consumers applied every acknowledged record), `dev` again in
+    the same folder (the store kept, the broker empty), 50 more jobs: every job of both runs is
+    in the store as the order rules make it, and the consumers said they took the new log from
+    its start."""
+    port, broker_port = two_free_ports()
+    url = f"http://127.0.0.1:{port}/api/webhooks/wazza"
+    dev_argv = hooks(
+        "dev", "--engine", "tansu", "--port", port, "--broker-port", broker_port,
+        "--metrics-port", free_metrics_ports(),
+    )  # fmt: skip
+    env = subprocess_env()
+
+    def sender(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            hooks(*args), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+        )
+
+    with running(dev_argv, env=env, cwd=tmp_path) as dev:
+        await dev_ready(dev, port)
+        assert "memory only" in dev.stdout, dev.stdout
+        sent = sender("simulate", "--jobs", "200", "--url", url, "--expect", "e1.json")
+        assert sent.returncode == 0, sent
+        os.killpg(dev.pid, signal.SIGINT)
+        assert await dev.wait_exit(150) == 0, dev.output()
+        assert "not applied" not in dev.stdout, dev.output()
+    first = sender("verify", "--expect", "e1.json")
+    assert first.returncode == 0, f"applied before the stack stopped?\n{first}"
+
+    with running(dev_argv, env=env, cwd=tmp_path) as dev:
+        await dev_ready(dev, port)
+        sent = sender("simulate", "--jobs", "50", "--url", url, "--expect", "e2.json")
+        assert sent.returncode == 0, sent
+        second = sender("verify", "--expect", "e2.json", "--wait", "60")
+        assert second.returncode == 0, f"{second}\n{dev.output()}"
+        assert "50 jobs, 50 match" in second.stdout, second.stdout
+        assert "belong to another log" in dev.stdout, dev.output()
+        os.killpg(dev.pid, signal.SIGINT)
+        assert await dev.wait_exit(150) == 0, dev.output()
+        assert "Traceback" not in dev.output(), dev.output()
+    again = sender("verify", "--expect", "e1.json")
+    assert again.returncode == 0, again
 
 
 # --- help -------------------------------------------------------------------------------------
