@@ -38,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from consumers.store import Store, open_store
 from tests.conftest import BIN, ROOT, Topics, make_topics, subprocess_env
 from wazza_hooks.localbroker import LocalBroker, free_port, port_in_use
+from wazza_hooks.topics import ensure_topics
 
 from ..postgres import database_dsn, fresh_database
 from ..processes import Running, running
@@ -875,3 +876,69 @@ def test_a_metrics_port_out_of_range_or_taken_stops_the_consumer_naming_it() -> 
     assert busy.returncode == 1, busy
     assert f"metrics port {port}" in busy.stderr, busy
     assert "Traceback" not in busy.stderr + out_of_range.stderr
+
+
+# --- a broker that starts over empty (DESIGN.md invariant 7) ----------------------------------
+
+
+async def history_covers(store: Store, workload: Workload) -> bool:
+    """Every distinct event of the workload is in its service's history."""
+    return workload.history() <= await history_set(store)
+
+
+@pytest.mark.parametrize("consumers", ["running", "stopped"])
+async def test_a_broker_that_starts_over_empty_loses_none_of_the_events_sent_after_it(
+    store_url: str, tmp_path: Path, consumers: str
+) -> None:
+    """The memory-only broker restarts (empty) under the same name, the topics are made again
+    and fewer events than before are sent: every stored offset lies past the new log's end, and
+    the topics have new ids. With the consumers running through the restart, or stopped during
+    it and started after: every new event is applied, each once, and nothing else twice."""
+    tansu = LocalBroker(log_path=tmp_path / "tansu.log")
+    tansu.start()
+    try:
+        topics = await make_topics(tansu.bootstrap_servers, partitions=PARTITIONS)
+        first, second = make_workload(40, seed=11), make_workload(8, seed=12)
+        env = consumer_env(tansu, topics, store_url, group_prefix())
+        async with opened(store_url) as store:
+            with contextlib.ExitStack() as stack:
+
+                def start_all() -> list[Running]:
+                    return [
+                        stack.enter_context(running(consumer_argv(service), env))
+                        for service in SERVICES
+                    ]
+
+                procs = start_all()
+                await publish(tansu.bootstrap_servers, topics.raw, first.stream)
+                await eventually(
+                    lambda: history_covers(store, first), SETTLE_SECONDS, "the first run", procs
+                )
+                if consumers == "stopped":
+                    for proc in procs:
+                        proc.proc.send_signal(signal.SIGTERM)
+                    for proc in procs:
+                        assert await proc.wait_exit(STOP_SECONDS) == 0, proc.output()
+                tansu.stop()
+                tansu.start()
+                await ensure_topics(
+                    tansu.bootstrap_servers,
+                    dict.fromkeys((topics.raw, topics.quarantine, topics.dlq), PARTITIONS),
+                )
+                await publish(tansu.bootstrap_servers, topics.raw, second.stream)
+                if consumers == "stopped":
+                    procs = start_all()
+                await eventually(
+                    lambda: history_covers(store, second),
+                    SETTLE_SECONDS,
+                    "every event sent after the restart applied",
+                    procs,
+                )
+                assert_still_running(procs)
+                said = "".join(p.stdout for p in procs)
+                assert "belong to another log" in said, outputs(procs)
+            both = Workload(first.stream + second.stream, {**first.jobs, **second.jobs})
+            await assert_each_event_applied_once(store, both)
+            assert {job_id: r[0] for job_id, r in (await job_rows(store)).items()} == both.jobs
+    finally:
+        tansu.stop()

@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import time
@@ -24,6 +25,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.conftest import BIN, read_topic, subprocess_env, unique
+from tests.consumers.helpers import progress, publish
 from tests.signing import completed_body, sign_wazza
 from wazza_hooks import contract
 from wazza_hooks.localbroker import LocalBroker, free_port, port_in_use
@@ -306,6 +308,18 @@ async def test_dev_runs_a_stack_that_takes_a_signed_webhook_and_stops_whole_on_c
     assert not left, f"processes of the stack still running: {left}"
 
 
+def backlog_applied(store: Path) -> int:
+    """The backlog's events in the progress service's history (0 before the store exists)."""
+    if not store.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(store)) as conn:
+        [(count,)] = conn.execute(
+            "SELECT COUNT(*) FROM job_events WHERE service = 'progress' "
+            "AND job_id LIKE 'job_backlog_%'"
+        ).fetchall()
+    return int(count)
+
+
 async def dev_ready(dev: Any, port: int) -> None:
     """Until the stack's ingester answers /readyz with 200 (it is up, its broker too)."""
     url = f"http://127.0.0.1:{port}/api/webhooks/wazza"
@@ -348,17 +362,25 @@ async def test_dev_on_the_memory_only_broker_drains_on_ctrl_c_and_applies_every_
         await dev_ready(dev, port)
         assert "memory only" in dev.stdout, dev.stdout
         sent = sender("simulate", "--jobs", "200", "--url", url, "--expect", "e1.json")
-        assert sent.returncode == 0, sent
+        assert sent.returncode == 0, f"{sent}\n{dev.output()}"
+        # A backlog the consumers cannot have applied yet when Ctrl-C comes: records written to
+        # the raw topic as the ingester writes them (acknowledged by the broker).
+        backlog = [progress(f"job_backlog_{i}", 50, "2025-10-22T10:00:00Z") for i in range(20_000)]
+        await publish(f"127.0.0.1:{broker_port}", contract.RAW_TOPIC, backlog)
+        store = tmp_path / "var" / "wazza.db"
+        assert backlog_applied(store) < len(backlog), "no backlog left at Ctrl-C"
         os.killpg(dev.pid, signal.SIGINT)
         assert await dev.wait_exit(150) == 0, dev.output()
         assert "not applied" not in dev.stdout, dev.output()
+        assert "every acknowledged record applied" in dev.stdout, dev.output()
+    assert backlog_applied(store) == len(backlog)
     first = sender("verify", "--expect", "e1.json")
     assert first.returncode == 0, f"applied before the stack stopped?\n{first}"
 
     with running(dev_argv, env=env, cwd=tmp_path) as dev:
         await dev_ready(dev, port)
         sent = sender("simulate", "--jobs", "50", "--url", url, "--expect", "e2.json")
-        assert sent.returncode == 0, sent
+        assert sent.returncode == 0, f"{sent}\n{dev.output()}"
         second = sender("verify", "--expect", "e2.json", "--wait", "60")
         assert second.returncode == 0, f"{second}\n{dev.output()}"
         assert "50 jobs, 50 match" in second.stdout, second.stdout
