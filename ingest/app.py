@@ -1,14 +1,17 @@
 """The ingester's aiohttp application: verify, publish the raw bytes, answer after the ack.
 
 Every answer is decided in `WebhookHandler.handle`, in the order a request is judged:
-allowlist (403), method (405), declared size (413), media type (415), body (413 when it outgrows
-the limit while read), signature (401), routing fields (202 to quarantine when unusable),
-publish (200 after the broker's ack, else 503 with Retry-After). Nothing else can escape: an
-unexpected error is logged and answered 503 too, so the sender retries and nothing is lost.
+allowlist (403), method (405), declared size (413), media type and encoding (415: no body is
+ever decompressed), room for the body among those being read (503), the body (413 when it
+outgrows the limit while read, 408 past its deadline, 400 when malformed), signature (401),
+routing fields (202 to quarantine when unusable), publish (200 after the broker's ack, else 503
+with Retry-After). Nothing else can escape: an unexpected error is logged and answered 503 too,
+so the sender retries and nothing is lost.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +27,7 @@ from wazza_hooks.producers import IDEMPOTENCE_REFUSED
 
 from . import metrics
 from .allowlist import Allowlist
+from .edges import BodyBudget
 from .publisher import KafkaPublisher, Publisher, PublishError
 from .settings import IngestSettings
 from .signature import SignatureError, Verified, verify
@@ -55,6 +59,8 @@ class IngestState:
         """Per-request metrics, folded into Prometheus's periodically and before a scrape."""
         self.webhooks: WebhookHandler | None = None
         """The webhook path's handler, for `direct_dispatch`; set by build_app."""
+        self.bodies: BodyBudget | None = None
+        """The bytes the bodies being read may hold together; set by build_app."""
 
 
 STATE: Final = web.AppKey("wazza_ingest_state", IngestState)
@@ -68,6 +74,13 @@ def _json(status: int, payload: dict[str, Any], **headers: str) -> web.Response:
 
 def _refusal(status: int, reason: str, detail: str, **headers: str) -> web.Response:
     return _json(status, {"error": reason, "detail": detail}, **headers)
+
+
+def _closing(status: int, reason: str, detail: str, **headers: str) -> web.Response:
+    """A refusal that closes the connection: what is left of the body is never read."""
+    response = _refusal(status, reason, detail, **headers)
+    response.force_close()
+    return response
 
 
 class _Quarantine(Exception):
@@ -123,6 +136,9 @@ class WebhookHandler:
         self._clock = clock
         self._retry_after = str(settings.retry_after_seconds)
         self._timeout = settings.publish_timeout_seconds
+        self._body_timeout = settings.body_timeout_seconds
+        self._bodies = BodyBudget(settings.max_body_bytes_in_flight)
+        state.bodies = self._bodies
         self.path = settings.webhook_path
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -184,14 +200,41 @@ class WebhookHandler:
             return "unsupported_media_type", _refusal(
                 415, "unsupported_media_type", "Content-Type must be application/json"
             )
+        encoding = headers.get("Content-Encoding")
+        if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+            # Never inflated (the server's auto_decompress is off): Wazza does not compress,
+            # and a compressed body costs its sender nothing and us its inflated size.
+            fields["reason"] = "unsupported_content_encoding"
+            return "unsupported_media_type", _closing(
+                415, "unsupported_content_encoding", "Content-Encoding must be identity"
+            )
+        share = length if length is not None else settings.max_body_bytes
+        if not self._bodies.take(share):
+            fields["reason"] = "overloaded"
+            return "overloaded", _closing(
+                503, "overloaded", "too many bodies arriving; retry later",
+                **{"Retry-After": self._retry_after},
+            )  # fmt: skip
         try:
-            body = await request.read()
+            async with asyncio.timeout(self._body_timeout):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return "too_large", self._too_large(fields)
+        except TimeoutError:
+            fields["reason"] = "body_timeout"
+            return "bad_request", _closing(
+                408, "body_timeout", f"the body did not arrive within {self._body_timeout:g} s"
+            )
+        except web.RequestPayloadError:
+            # A body that cannot be framed (a bad chunked encoding, a length never reached).
+            fields["reason"] = "invalid_body"
+            return "bad_request", _closing(400, "invalid_body", "the body is malformed")
         except ConnectionError:
             # The client went away mid-body: nothing to verify, nobody to answer.
             fields["reason"] = "client_disconnected"
             return "bad_request", _refusal(400, "client_disconnected", "the body did not arrive")
+        finally:
+            self._bodies.give(share)
         now = self._clock()
         try:
             verified = verify(self._verifier, headers, body, now)

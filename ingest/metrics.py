@@ -29,6 +29,7 @@ OUTCOMES = (
     "unsupported_media_type",
     "method_not_allowed",
     "bad_request",
+    "overloaded",
     "unavailable",
 )
 

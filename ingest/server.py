@@ -103,7 +103,7 @@ def _serve(settings: IngestSettings, host: str, port: int, *, reuse_port: bool) 
     lines = setup_logging("ingest")
     app = build_app(settings, lines=lines if settings.log_requests else None)
     try:
-        asyncio.run(_run(app, host, port, reuse_port=reuse_port, lines=lines))
+        asyncio.run(_run(app, host, port, reuse_port=reuse_port, lines=lines, settings=settings))
     except OSError as exc:
         print(
             f"wazza-ingest: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr
@@ -112,7 +112,9 @@ def _serve(settings: IngestSettings, host: str, port: int, *, reuse_port: bool) 
     return 0
 
 
-async def _run(app: Any, host: str, port: int, *, reuse_port: bool, lines: Any) -> None:
+async def _run(
+    app: Any, host: str, port: int, *, reuse_port: bool, lines: Any, settings: IngestSettings
+) -> None:
     """Serve until SIGTERM/SIGINT, then stop gracefully.
 
     The stop closes the listening socket first (no new connections), lets every webhook request
@@ -125,12 +127,23 @@ async def _run(app: Any, host: str, port: int, *, reuse_port: bool, lines: Any) 
     from aiohttp import web
 
     from .app import STATE, direct_dispatch
+    from .edges import EdgeLimits, guard, server_settings
 
+    limits = EdgeLimits(
+        headers_seconds=settings.headers_timeout_seconds,
+        max_connections=settings.max_connections,
+        retry_after_seconds=settings.retry_after_seconds,
+    )
     runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT_SECONDS
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=_SHUTDOWN_TIMEOUT_SECONDS,
+        **server_settings(limits),
     )
     await runner.setup()
     assert runner.server is not None  # noqa: S101 - set by setup()
+    guard(runner, limits)
     # Every connection takes its handler from the server when it opens: none is open yet.
     runner.server.request_handler = direct_dispatch(app)
     try:

@@ -29,6 +29,19 @@ class IngestSettings:
     """WAZZA_SIGNATURE_TOLERANCE_SECONDS: largest |now - timestamp| accepted, both directions."""
     max_body_bytes: int = 1024 * 1024
     """WAZZA_MAX_BODY_BYTES: larger bodies get 413 (a job event is a few hundred bytes)."""
+    body_timeout_seconds: float = 5.0
+    """WAZZA_BODY_TIMEOUT_SECONDS: a body must arrive within this long once the headers did
+    (408 otherwise): the sender gives up on an answer after 5 s anyway."""
+    headers_timeout_seconds: float = 10.0
+    """WAZZA_HEADERS_TIMEOUT_SECONDS: a connection's request line and headers must arrive within
+    this long of its start or of its previous answer; an idle keep-alive connection is closed
+    after it too."""
+    max_connections: int = 512
+    """WAZZA_MAX_CONNECTIONS: open connections past this get a 503 and are closed at once (under
+    the 1,024 descriptors a process gets by default, with room for the broker's)."""
+    max_body_bytes_in_flight: int = 64 * 1024 * 1024
+    """WAZZA_MAX_BODY_BYTES_IN_FLIGHT: body bytes the requests being read may hold together;
+    past it a request gets a 503 before its body is read (a 512 MiB pod keeps its headroom)."""
     allowed_networks: tuple[Network, ...] = ()
     """WAZZA_ALLOWED_IPS: CIDRs allowed to call; empty allows everyone."""
     trusted_proxies: tuple[Network, ...] = ()
@@ -72,6 +85,17 @@ class IngestSettings:
                 decode_standard_secret(secret.reveal())
             except ValueError as exc:
                 raise ConfigError(f"WAZZA_STANDARD_WEBHOOK_SECRETS: {exc}") from None
+        max_body = env.integer(
+            "WAZZA_MAX_BODY_BYTES", 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024
+        )
+        in_flight = env.integer(
+            "WAZZA_MAX_BODY_BYTES_IN_FLIGHT", 64 * 1024 * 1024, minimum=1024, maximum=2**40
+        )
+        if in_flight < max_body:
+            raise ConfigError(
+                "WAZZA_MAX_BODY_BYTES_IN_FLIGHT must be at least WAZZA_MAX_BODY_BYTES "
+                f"({max_body}), got {in_flight}"
+            )
         path = env.text("WAZZA_WEBHOOK_PATH", "/api/webhooks/wazza")
         if not path.startswith("/"):
             raise ConfigError(f"WAZZA_WEBHOOK_PATH must start with '/', got {path!r}")
@@ -82,9 +106,15 @@ class IngestSettings:
             tolerance_seconds=env.integer(
                 "WAZZA_SIGNATURE_TOLERANCE_SECONDS", 300, minimum=1, maximum=86_400
             ),
-            max_body_bytes=env.integer(
-                "WAZZA_MAX_BODY_BYTES", 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024
+            max_body_bytes=max_body,
+            body_timeout_seconds=env.number(
+                "WAZZA_BODY_TIMEOUT_SECONDS", 5.0, minimum=0.1, maximum=_SENDER_DEADLINE_SECONDS
             ),
+            headers_timeout_seconds=env.number(
+                "WAZZA_HEADERS_TIMEOUT_SECONDS", 10.0, minimum=1.0, maximum=300.0
+            ),
+            max_connections=env.integer("WAZZA_MAX_CONNECTIONS", 512, minimum=1, maximum=1_000_000),
+            max_body_bytes_in_flight=in_flight,
             allowed_networks=env.networks("WAZZA_ALLOWED_IPS"),
             trusted_proxies=env.networks("WAZZA_TRUSTED_PROXIES"),
             publish_timeout_seconds=env.number(
