@@ -14,11 +14,14 @@ retries the same batch, never skipping it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+import orjson
 
 from wazza_hooks import contract
 
@@ -71,7 +74,9 @@ class BatchResult:
     """The offsets stored for each partition applied (to commit to Kafka as well)."""
 
 
-DeadLetter = Callable[[Record, BaseException], Awaitable[None]]
+DeadLetter = Callable[[Tx, Record, BaseException], Awaitable[None]]
+"""Gives a record up (to the dead-letter topic, or, when the broker refuses it, to the store
+through the batch's transaction)."""
 
 _OFFSET_COLUMNS: list[Column] = [
     ("service", "text"),
@@ -92,6 +97,21 @@ _HISTORY_COLUMNS: list[Column] = [
     ("topic", "text"),
     ("kafka_partition", "integer"),
     ("kafka_offset", "bigint"),
+]
+
+
+_KEPT_COLUMNS: list[Column] = [
+    ("service", "text"),
+    ("topic", "text"),
+    ("kafka_partition", "integer"),
+    ("kafka_offset", "bigint"),
+    ("error_class", "text"),
+    ("error_message", "text"),
+    ("refusal", "text"),
+    ("record_key", "text"),
+    ("record_value", "text"),
+    ("record_headers", "text"),
+    ("kept_ms", "bigint"),
 ]
 
 
@@ -141,8 +161,13 @@ async def apply_batch(
     accept_gaps: frozenset[int] = frozenset(),
     spans: dict[int, tuple[int, int]] | None = None,
     topic_id: str | None = None,
+    isolate: bool = False,
 ) -> BatchResult:
     """Apply a batch in one transaction; raises StoreUnavailable (roll back, retry later).
+
+    Any other error is one record's doing (a value the store refuses, a defect a body
+    triggers): the caller applies the batch again with `isolate`, record by record, each in a
+    savepoint, and a record that still fails is dead-lettered while the others are applied.
 
     `accept_gaps` names partitions already sought to their stored offset once, whose batch
     still starts later: the records between are gone from Kafka (retention), so go on from here.
@@ -172,7 +197,9 @@ async def apply_batch(
                 result.seek[int(partition)] = stored
         taken = {p: r for p, r in partitions.items() if p not in result.seek}
         records = [r for rs in taken.values() for r in rs]
-        if records:
+        if records and isolate:
+            await _apply_isolated(tx, service, records, dead_letter, result)
+        elif records:
             await _apply_records(tx, service, records, dead_letter, result)
         await tx.insert_rows(
             "consumer_offsets",
@@ -184,6 +211,75 @@ async def apply_batch(
         )
         result.next_offsets.update({p: spans[p][1] for p in taken})
     return result
+
+
+async def _apply_isolated(
+    tx: Tx, service: Service, records: list[Record], dead_letter: DeadLetter, result: BatchResult
+) -> None:
+    """The batch's records one at a time, each in a savepoint: one that raises anything but
+    StoreUnavailable is rolled back and dead-lettered, with a `dead_lettered` history row and
+    its dedup key where the store takes them."""
+    now = int(time.time() * 1000)
+    for record in records:
+        await tx.execute("SAVEPOINT wazza_record")
+        try:
+            await _apply_records(tx, service, [record], dead_letter, result)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            await tx.execute("ROLLBACK TO SAVEPOINT wazza_record")
+            await dead_letter(tx, record, exc)
+            envelope = _envelope_or_none(record)
+            result.outcomes.append(
+                (
+                    envelope.event_type if envelope else "unknown",
+                    DEAD_LETTERED,
+                    envelope.received_at_ms if envelope else None,
+                )
+            )
+            if envelope is not None:
+                await _record_dead_letter(tx, service, record, envelope, now)
+        await tx.execute("RELEASE SAVEPOINT wazza_record")
+
+
+def _envelope_or_none(record: Record) -> contract.RawEnvelope | None:
+    try:
+        return contract.RawEnvelope.from_headers(record.headers)
+    except contract.ContractError:
+        return None
+
+
+async def _record_dead_letter(
+    tx: Tx, service: Service, record: Record, envelope: contract.RawEnvelope, now: int
+) -> None:
+    """The dead letter's dedup key and history row, as for any dead letter (what `dlq redrive`
+    expects); skipped where the store refuses them too (the event may be what it refuses)."""
+    await tx.execute("SAVEPOINT wazza_dead_letter")
+    try:
+        await _claim_keys(tx, service.name, [envelope.event_id], now)
+        key = (record.key or b"").decode(errors="replace")[: contract.MAX_JOB_ID_CHARS]
+        await tx.insert_rows(
+            "job_events",
+            _HISTORY_COLUMNS,
+            [
+                _history_row(
+                    service, record, envelope, key, envelope.received_at_ms, DEAD_LETTERED, now
+                )
+            ],
+            "ON CONFLICT (service, event_id) DO NOTHING",
+        )
+    except StoreUnavailable:
+        raise
+    except Exception as exc:
+        await tx.execute("ROLLBACK TO SAVEPOINT wazza_dead_letter")
+        log.warning(
+            "%s[%d]@%d: no history row for the dead letter (%r)",
+            record.topic,
+            record.partition,
+            record.offset,
+            exc,
+        )
+    await tx.execute("RELEASE SAVEPOINT wazza_dead_letter")
 
 
 async def _apply_records(
@@ -204,7 +300,7 @@ async def _apply_records(
         try:
             envelope = contract.RawEnvelope.from_headers(record.headers)
         except contract.ContractError as exc:
-            await dead_letter(record, exc)
+            await dead_letter(tx, record, exc)
             slots[i] = ("unknown", DEAD_LETTERED, None)
             continue
         candidates.append((i, envelope))
@@ -227,7 +323,7 @@ async def _apply_records(
         try:
             events.append((i, envelope, parse_event(record.value, envelope)))
         except EventError as exc:
-            await dead_letter(record, exc)
+            await dead_letter(tx, record, exc)
             slots[i] = (envelope.event_type, DEAD_LETTERED, envelope.received_at_ms)
             key = (record.key or b"").decode(errors="replace")
             history[envelope.event_id] = _history_row(
@@ -252,6 +348,91 @@ async def _apply_records(
         if terminal:
             await settle_conflicts(tx, terminal)
     result.outcomes.extend(slot for slot in slots if slot is not None)
+
+
+async def keep_dead_letter(
+    tx: Tx, service: str, record: Record, letter: contract.DeadLetter, refusal: str
+) -> None:
+    """Keep a dead letter the dead-letter topic refused in the store (`dead_letters`), with the
+    broker's refusal: bytes as base64, headers as JSON."""
+    headers = [[name, base64.b64encode(value or b"").decode()] for name, value in record.headers]
+    await tx.insert_rows(
+        "dead_letters",
+        _KEPT_COLUMNS,
+        [
+            (
+                service,
+                record.topic,
+                record.partition,
+                record.offset,
+                letter.error_class,
+                letter.error_message[: contract.DeadLetter.MAX_MESSAGE_BYTES],
+                refusal[: contract.DeadLetter.MAX_MESSAGE_BYTES],
+                None if record.key is None else base64.b64encode(record.key).decode(),
+                base64.b64encode(record.value).decode(),
+                orjson.dumps(headers).decode(),
+                int(time.time() * 1000),
+            )
+        ],
+        "ON CONFLICT (service, topic, kafka_partition, kafka_offset) DO NOTHING",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KeptDeadLetter:
+    """A dead letter the dead-letter topic refused, as the store keeps it."""
+
+    service: str
+    """The service that gave the record up."""
+    topic: str
+    """Where the record was read."""
+    partition: int
+    """Its partition there."""
+    offset: int
+    """Its offset there."""
+    error_class: str
+    """Why the service gave it up."""
+    error_message: str
+    """That error's message."""
+    refusal: str
+    """Why the dead-letter topic refused it."""
+    job_id: str | None
+    """The record key (the jobId), where it had one."""
+    kept_ms: int
+    """When it was kept."""
+
+
+async def kept_dead_letters(
+    store: Store, topic: str, service: str | None = None
+) -> list[KeptDeadLetter]:
+    """The dead letters kept in the store for records of `topic` (of one service, if given),
+    oldest first."""
+    async with store.reader() as tx:
+        found = await tx.fetchall(
+            "SELECT service, topic, kafka_partition, kafka_offset, error_class, error_message, "
+            "refusal, record_key, kept_ms FROM dead_letters WHERE topic = ? "
+            "ORDER BY kept_ms, service, kafka_partition, kafka_offset",
+            topic,
+        )
+    letters = []
+    for row in found:
+        if service is not None and row[0] != service:
+            continue
+        key = None if row[7] is None else base64.b64decode(row[7]).decode(errors="replace")
+        letters.append(
+            KeptDeadLetter(
+                service=str(row[0]),
+                topic=str(row[1]),
+                partition=int(row[2]),
+                offset=int(row[3]),
+                error_class=str(row[4]),
+                error_message=str(row[5]),
+                refusal=str(row[6]),
+                job_id=key,
+                kept_ms=int(row[8]),
+            )
+        )
+    return letters
 
 
 def event_type_header(headers: Sequence[tuple[str, bytes]]) -> bytes | None:
@@ -339,7 +520,7 @@ async def _handle(
                 await asyncio.sleep(HANDLER_RETRY_DELAYS[attempt])
                 attempt += 1
                 continue
-            await dead_letter(record, exc)
+            await dead_letter(tx, record, exc)
             return DEAD_LETTERED
         await tx.execute("RELEASE SAVEPOINT wazza_handler")
         return outcome or APPLIED

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -54,17 +53,7 @@ class JobEvent:
         return self.event_type in (contract.JOB_COMPLETED, contract.JOB_FAILED)
 
 
-def parse_time_ms(text: object) -> int | None:
-    """ISO-8601 (`2025-10-22T10:30:00Z`, offsets, fractions) to ms since the epoch; None if not."""
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:  # the sender writes UTC; a bare time is read as UTC too
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+parse_time_ms = contract.parse_time_ms
 
 
 def _mapping(value: object) -> Mapping[str, Any] | None:
@@ -86,15 +75,21 @@ def parse_event(body: bytes, envelope: contract.RawEnvelope) -> JobEvent:
     if not isinstance(doc, dict):
         raise EventError("body is not a JSON object")
     job_id = doc.get("jobId")
-    if not isinstance(job_id, str) or not job_id:
-        raise EventError("body has no jobId")
+    if not isinstance(job_id, str) or not job_id or len(job_id) > contract.MAX_JOB_ID_CHARS:
+        raise EventError("body has no usable jobId")
+    unusable = contract.inapplicable(doc, envelope.event_type)
+    if unusable is not None:
+        raise EventError(f"body not applicable: {unusable}")
     event_time = parse_time_ms(doc.get("timestamp"))
     if event_time is None:
         event_time = envelope.received_at_ms
-    progress = _mapping(doc.get("progress")) or {}
+    # Read for progress events only: a completion's stray `progress` is not its business.
+    progress = (
+        _mapping(doc.get("progress")) or {}
+        if envelope.event_type == contract.JOB_PROCESSING
+        else {}
+    )
     percent = _number(progress.get("percent"))
-    if percent is not None and not 0 <= percent <= 100:
-        raise EventError(f"progress.percent {percent} is outside 0..100")
     stage = progress.get("stage")
     return JobEvent(
         event_type=envelope.event_type,

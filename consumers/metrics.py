@@ -84,6 +84,11 @@ RECORDS_LOST = Counter(
     "Records deleted by the broker's retention before the service read them (passed over).",
     ["service"],
 )
+DEAD_LETTERS_KEPT = Counter(
+    "wazza_consumer_dead_letters_kept",
+    "Dead letters the dead-letter topic refused (too large, invalid), kept in the store instead.",
+    ["service"],
+)
 LAST_COMMIT = Gauge(
     "wazza_consumer_last_commit_timestamp_seconds",
     "When the service last committed a batch to the store (its start, before the first).",
@@ -101,5 +106,12 @@ def start_series(service: str) -> None:
     for event_type in (*sorted(contract.KNOWN_EVENT_TYPES), "other"):
         for outcome in OUTCOMES:
             EVENTS.labels(service, event_type, outcome)
-    for counter in (REBALANCES, STORE_ERRORS, DEDUP_PRUNED, LOG_RESETS, RECORDS_LOST):
+    for counter in (
+        REBALANCES,
+        STORE_ERRORS,
+        DEDUP_PRUNED,
+        LOG_RESETS,
+        RECORDS_LOST,
+        DEAD_LETTERS_KEPT,
+    ):
         counter.labels(service)

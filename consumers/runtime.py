@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import IncompatibleBrokerVersion, KafkaError
+from aiokafka.errors import IncompatibleBrokerVersion, KafkaConnectionError, KafkaError
 
 from wazza_hooks import contract
 from wazza_hooks.producers import IDEMPOTENCE_REFUSED, START_TIMEOUT_SECONDS, log_start_failure
@@ -36,6 +36,7 @@ from .batch import (
     Record,
     apply_batch,
     event_type_header,
+    keep_dead_letter,
     prune_dedup_keys,
     reset_offsets,
     stored_offsets,
@@ -43,7 +44,7 @@ from .batch import (
 from .log_identity import LogReset, Stored, TopicIdRequest, find_resets, topic_id_of
 from .service import Service
 from .settings import ConsumerSettings
-from .store import Store, StoreError, StoreUnavailable, open_store
+from .store import Store, StoreError, StoreUnavailable, Tx, open_store
 
 log = logging.getLogger("wazza.consumers.runtime")
 
@@ -56,6 +57,9 @@ _STORE_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 _PRUNE_EVERY_SECONDS = 600.0
 # A dead letter must be acknowledged before the batch moves on; past this the batch is retried.
 _DLQ_TIMEOUT_SECONDS = 10.0
+# What a dead letter adds to a body: the contract headers and the dead-letter headers (the error
+# message is cut at 2 KiB), with ample room for the record batch's own framing.
+_DLQ_HEADER_ROOM_BYTES = 64 * 1024
 # getmany's wait when nothing is there: the latency of noticing a stop on an idle topic.
 _POLL_MS = 500
 # How long the broker may hold a fetch waiting for data. Kafka's default (500 ms) is latency
@@ -203,6 +207,8 @@ class ConsumerRuntime:
             acks="all",
             enable_idempotence=self.settings.enable_idempotence,
             client_id=f"{self.group_id}-dlq",
+            # Every body the ingester accepts, plus its contract and dead-letter headers.
+            max_request_size=self.settings.max_body_bytes + _DLQ_HEADER_ROOM_BYTES,
         )
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap_servers,
@@ -583,21 +589,39 @@ class ConsumerRuntime:
             first = min(spans[p][0] for p in partitions)
             return f"{self._topic}: batch from offset {first} not applied"
 
-        return await self._retrying(
-            lambda: apply_batch(
-                self.store,
-                self.service,
-                self._topic,
-                partitions,
-                self._dead_letter,
-                frozenset(self._gaps),
-                spans,
-                self._topic_id,
-            ),
-            what,
-        )
+        async def apply() -> BatchResult:
+            def attempt(isolate: bool) -> Awaitable[BatchResult]:
+                return apply_batch(
+                    self.store,
+                    self.service,
+                    self._topic,
+                    partitions,
+                    self._dead_letter,
+                    frozenset(self._gaps),
+                    spans,
+                    self._topic_id,
+                    isolate,
+                )
 
-    async def _dead_letter(self, record: Record, error: BaseException) -> None:
+            try:
+                return await attempt(False)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:  # one record's doing, not an outage: find it
+                log.warning("%s; applying it record by record (%r)", what(), exc)
+            try:
+                return await attempt(True)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                # Not one record's (each was tried alone): a store that refuses the batch's
+                # own writes. Waited out like an outage, never skipped, and counted.
+                log.exception("%s, even record by record", what())
+                raise StoreUnavailable(f"the batch failed record by record: {exc!r}") from exc
+
+        return await self._retrying(apply, what)
+
+    async def _dead_letter(self, tx: Tx, record: Record, error: BaseException) -> None:
         assert self._producer is not None  # noqa: S101
         letter = contract.DeadLetter(
             group=self.group_id,
@@ -625,7 +649,22 @@ class ConsumerRuntime:
                 ),
                 _DLQ_TIMEOUT_SECONDS,
             )
-        except (KafkaError, TimeoutError) as exc:
+        except KafkaError as exc:
+            if exc.retriable or isinstance(exc, KafkaConnectionError):
+                raise DeadLetterUnavailable(f"dead-letter topic unavailable: {exc!r}") from exc
+            # The broker refused this record itself (too large, invalid): waiting will not change
+            # that. Kept in the store instead, in the batch's transaction, where `dlq list` shows
+            # it: never retried forever, never skipped.
+            await keep_dead_letter(tx, self.service.name, record, letter, repr(exc))
+            metrics.DEAD_LETTERS_KEPT.labels(self.service.name).inc()
+            log.error(
+                "%s[%d]@%d: the dead-letter topic refused it (%r): kept in the store",
+                record.topic,
+                record.partition,
+                record.offset,
+                exc,
+            )
+        except TimeoutError as exc:
             raise DeadLetterUnavailable(f"dead-letter topic did not acknowledge: {exc!r}") from exc
 
     def _observe(

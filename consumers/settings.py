@@ -32,6 +32,9 @@ class ConsumerSettings:
     """WAZZA_GROUP_PREFIX: the consumer group is this plus the service name."""
     instance_id: str = ""
     """WAZZA_INSTANCE_ID: host:pid by default."""
+    max_body_bytes: int = 1024 * 1024
+    """WAZZA_MAX_BODY_BYTES: the ingester's body limit (the same variable), so that the
+    dead-letter producer takes every record the ingester accepted."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ConsumerSettings:
@@ -52,4 +55,7 @@ class ConsumerSettings:
             ),
             group_prefix=env.text("WAZZA_GROUP_PREFIX", "wazza-"),
             instance_id=env.text("WAZZA_INSTANCE_ID", default_instance_id()),
+            max_body_bytes=env.integer(
+                "WAZZA_MAX_BODY_BYTES", 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024
+            ),
         )

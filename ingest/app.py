@@ -34,10 +34,6 @@ from .signature import SignatureError, Verified, verify
 
 log = logging.getLogger("wazza.ingest")
 
-# A jobId is an opaque id ("job_abc123"); a key of kilobytes is not one, and would be copied into
-# every record and database row downstream.
-_MAX_JOB_ID_CHARS = 256
-_MAX_EVENT_TYPE_CHARS = 128
 
 _JSON = "application/json"
 _ACCEPTED: Final = b'{"received":true}'
@@ -106,15 +102,19 @@ def route_fields(body: bytes) -> tuple[str, str]:
         raise _Quarantine("not_an_object", None, "")
     event = doc.get("event")
     job_id = doc.get("jobId")
-    event_ok = isinstance(event, str) and 0 < len(event) <= _MAX_EVENT_TYPE_CHARS
+    event_ok = isinstance(event, str) and 0 < len(event) <= contract.MAX_EVENT_TYPE_CHARS
     event_type = event if event_ok and isinstance(event, str) else ""
     if job_id is None:
         raise _Quarantine("missing_job_id", None, event_type)
-    if not isinstance(job_id, str) or not 0 < len(job_id) <= _MAX_JOB_ID_CHARS:
+    if not isinstance(job_id, str) or not 0 < len(job_id) <= contract.MAX_JOB_ID_CHARS:
         raise _Quarantine("invalid_job_id", None, event_type)
     if not event_ok:
         reason = "missing_event_type" if event is None else "invalid_event_type"
         raise _Quarantine(reason, job_id, "")
+    # What the ingester accepts, every consumer can apply (one shared contract).
+    unusable = contract.inapplicable(doc, event_type)
+    if unusable is not None:
+        raise _Quarantine(unusable, job_id, event_type)
     return event_type, job_id
 
 

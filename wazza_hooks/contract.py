@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 RAW_TOPIC = "wazza.webhooks.raw"
 QUARANTINE_TOPIC = "wazza.webhooks.quarantine"
@@ -42,6 +44,91 @@ H_DLQ_PARTITION = "wazza-dlq-original-partition"
 H_DLQ_OFFSET = "wazza-dlq-original-offset"
 
 KafkaHeaders = list[tuple[str, bytes]]
+
+# --- what every consumer service can apply ---------------------------------------------------
+# The ingester answers 200 only to a body every consumer can parse and store; what fails these
+# checks is quarantined at the edge (202 with the reason) and, arriving any other way, is
+# dead-lettered by the consumers with the same reason (`inapplicable`).
+
+MAX_JOB_ID_CHARS = 256
+"""A jobId is an opaque id ("job_abc123"); a key of kilobytes is not one, and would be copied
+into every record and database row downstream."""
+MAX_EVENT_TYPE_CHARS = 128
+"""An event type is a short name (`job.completed`)."""
+MAX_DEPTH = 32
+"""Nesting levels a body may have. The sender's payloads have 3; the consumers store `output`,
+`error` and `metadata` as JSON, and orjson writes at most 254 levels."""
+MIN_TIME_MS = 0
+MAX_TIME_MS = 253_402_300_799_999
+"""Event times the store keeps and the tools print: 1970-01-01 to the end of 9999 (UTC)."""
+TIMESTAMP_HEADER_MAX = 2**53
+"""Numeric headers (receive time in ms, signature timestamp in s) above this are not ours:
+the store's BIGINT and JSON's exact integers both end near it."""
+
+
+def parse_time_ms(text: object) -> int | None:
+    """ISO-8601 (`2025-10-22T10:30:00Z`, offsets, fractions) to ms since the epoch; None when it
+    is no time. A bare time is read as UTC (the sender writes UTC). The result may lie outside
+    MIN_TIME_MS..MAX_TIME_MS (see `inapplicable`)."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        return int(moment.timestamp() * 1000)
+    except (OverflowError, ValueError):  # year 1 with a positive offset is before year 1 in UTC
+        return MIN_TIME_MS - 1
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """True when `value` nests containers more than `limit` levels deep (iteratively: a body
+    nested thousands deep must not exhaust the stack)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if level > limit:
+            return True
+        stack.extend((child, level + 1) for child in children)
+    return False
+
+
+def _outside(value: object, low: float, high: float) -> bool:
+    """True for a number (not a bool) outside low..high."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return not low <= value <= high
+
+
+def inapplicable(doc: Mapping[str, Any], event_type: str) -> str | None:
+    """Why the consumer services could not apply this event body, as a reason code, or None.
+
+    Checks follow the event type: a completion's stray `progress` is not looked at."""
+    if _deeper_than(doc, MAX_DEPTH):
+        return "too_deep"
+    moment = doc.get("timestamp")
+    if isinstance(moment, str):
+        ms = parse_time_ms(moment)
+        if ms is not None and not MIN_TIME_MS <= ms <= MAX_TIME_MS:
+            return "invalid_timestamp"
+    if event_type == JOB_PROCESSING:
+        progress = doc.get("progress")
+        if isinstance(progress, dict):
+            if _outside(progress.get("percent"), 0, 100):
+                return "invalid_progress"
+            # Seconds remaining: a negative one, or one past 30,000 years, is no estimate.
+            if _outside(progress.get("estimatedTimeRemaining"), 0, 10**12):
+                return "invalid_progress"
+    return None
 
 
 class ContractError(ValueError):
@@ -93,11 +180,17 @@ class RawEnvelope:
             event_id = h[H_EVENT_ID].decode()
             received = int(h[H_RECEIVED_AT_MS])
             raw_ts = h.get(H_SIGNATURE_TIMESTAMP, b"")
+            signed = int(raw_ts) if raw_ts else None
+            for name, number in ((H_RECEIVED_AT_MS, received), (H_SIGNATURE_TIMESTAMP, signed)):
+                if number is not None and not 0 <= number < TIMESTAMP_HEADER_MAX:
+                    raise ValueError(f"{name} {number} is out of range")
+            if not event_id or len(event_id) > 256:
+                raise ValueError(f"{H_EVENT_ID} must have 1 to 256 characters")
             return cls(
                 event_type=event_type,
                 event_id=event_id,
                 received_at_ms=received,
-                signature_timestamp=int(raw_ts) if raw_ts else None,
+                signature_timestamp=signed,
                 content_type=h.get(H_CONTENT_TYPE, b"").decode(),
                 ingester=h.get(H_INGESTER, b"").decode(),
                 scheme=h.get(H_SIGNATURE_SCHEME, b"").decode(),

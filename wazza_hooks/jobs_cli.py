@@ -138,7 +138,7 @@ def run_jobs(args: argparse.Namespace) -> int:
         else:  # pragma: no cover - argparse only lets the actions above through
             return 2
     except _NotFound:
-        print(f"wazza-hooks: no job {_clean(args.job_id)}", file=sys.stderr)
+        print(f"wazza-hooks: no job {printable(args.job_id)}", file=sys.stderr)
         if args.json:
             _print_json({"error": "not_found", "jobId": args.job_id})
         return 1
@@ -260,10 +260,15 @@ def state_fields(state: JobState) -> dict[str, Any]:
 
 
 def iso_time(ms: int | None) -> str | None:
-    """Milliseconds since the epoch as ISO-8601 UTC (`2025-10-22T10:30:00.000Z`), or None."""
+    """Milliseconds since the epoch as ISO-8601 UTC (`2025-10-22T10:30:00.000Z`), or None. A
+    time a date cannot hold (a store written before the ingester refused such events) prints as
+    its number of milliseconds rather than stopping the command."""
     if ms is None:
         return None
-    moment = _EPOCH + timedelta(milliseconds=int(ms))
+    try:
+        moment = _EPOCH + timedelta(milliseconds=int(ms))
+    except OverflowError:
+        return f"{int(ms)} ms since the epoch"
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
@@ -296,7 +301,7 @@ def _event_json(event: _Event) -> dict[str, Any]:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def _clean(value: Any) -> str:
+def printable(value: Any) -> str:
     """A value for the terminal: `-` for none, JSON for objects, control characters escaped
     (job ids, stages and errors come from the sender and may hold anything)."""
     if value is None:
@@ -317,7 +322,7 @@ def _job_text(job: _Job) -> str:
         ("status", job["status"]),
         ("percent", job["percent"]),
         ("stage", job["stage"]),
-        ("time left", None if eta is None else f"{_clean(eta)} s"),
+        ("time left", None if eta is None else f"{printable(eta)} s"),
         ("output", job["output"]),
         ("error", job["error"]),
         ("metadata", job["metadata"]),
@@ -327,11 +332,11 @@ def _job_text(job: _Job) -> str:
         ("updated", job["updatedAt"]),
     ]
     width = max(len(key) for key, _ in pairs)
-    return "".join(f"{key:<{width}}  {_clean(value)}\n" for key, value in pairs)
+    return "".join(f"{key:<{width}}  {printable(value)}\n" for key, value in pairs)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [list(header)] + [[_clean(v) for v in row] for row in rows]
+    cells = [list(header)] + [[printable(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     return "".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n" for r in cells
@@ -349,7 +354,7 @@ def _jobs_text(jobs: list[_Job], status: str | None) -> str:
 
 def _history_text(job_id: str, events: list[_Event]) -> str:
     if not events:
-        return f"no events recorded for job {_clean(job_id)}\n"
+        return f"no events recorded for job {printable(job_id)}\n"
     return _table(
         ("EVENT TIME", "APPLIED", "SERVICE", "EVENT TYPE", "OUTCOME", "EVENT ID"),
         [

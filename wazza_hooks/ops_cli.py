@@ -34,9 +34,11 @@ from consumers.settings import ConsumerSettings
 from consumers.store import StoreError
 
 from .config import ConfigError
-from .jobs_cli import iso_time, redacted
+from .jobs_cli import iso_time, printable, redacted
 
 if TYPE_CHECKING:
+    from consumers.batch import KeptDeadLetter
+
     from .deadletters import DeadLetterRecord
 
 _T = TypeVar("_T")
@@ -178,6 +180,8 @@ async def _replay(args: argparse.Namespace, settings: ConsumerSettings) -> int:
 
 
 async def _dlq_list(args: argparse.Namespace, settings: ConsumerSettings) -> int:
+    from consumers.batch import kept_dead_letters
+
     from .deadletters import read_dead_letters, with_redrives
     from .ops_io import known_services, store_at, unknown_service
 
@@ -192,17 +196,45 @@ async def _dlq_list(args: argparse.Namespace, settings: ConsumerSettings) -> int
             if not records and args.service not in known:
                 raise unknown_service(args.service, settings.raw_topic, known)
         records = await with_redrives(store, settings.dlq_topic, records)
+        kept = await kept_dead_letters(store, settings.raw_topic, args.service)
     if args.json:
         _print_json(
-            {"topic": settings.dlq_topic, "deadLetters": [_letter_json(r) for r in records]}
+            {
+                "topic": settings.dlq_topic,
+                "deadLetters": [_letter_json(r) for r in records],
+                "keptInStore": [_kept_json(k) for k in kept],
+            }
         )
         return 0
-    if not records:
+    if not records and not kept:
         who = f" of {args.service}" if args.service else ""
         sys.stdout.write(f"no dead letters{who} in {settings.dlq_topic}\n")
         return 0
     sys.stdout.write("".join(_letter_text(r, settings.raw_topic) for r in records))
+    sys.stdout.write("".join(_kept_text(k) for k in kept))
     return 0
+
+
+def _kept_json(letter: KeptDeadLetter) -> dict[str, Any]:
+    return {
+        "service": letter.service,
+        "original": {"topic": letter.topic, "partition": letter.partition, "offset": letter.offset},
+        "jobId": letter.job_id,
+        "errorClass": letter.error_class,
+        "errorMessage": letter.error_message,
+        "refusal": letter.refusal,
+        "keptAt": iso_time(letter.kept_ms),
+    }
+
+
+def _kept_text(letter: KeptDeadLetter) -> str:
+    job = printable(letter.job_id) if letter.job_id is not None else "(no job id)"
+    return (
+        f"kept in the store (the dead-letter topic refused it): {letter.service} "
+        f"{letter.topic}[{letter.partition}]@{letter.offset} job {job}\n"
+        f"  {letter.error_class}: {printable(letter.error_message)}\n"
+        f"  refused: {printable(letter.refusal)}\n"
+    )
 
 
 async def _dlq_redrive(args: argparse.Namespace, settings: ConsumerSettings) -> int:

@@ -73,6 +73,25 @@ MIGRATIONS: list[list[str]] = [
     # topic deleted and recreated is told from the one the offsets belong to
     # (consumers/log_identity.py). NULL: stored before this, or by a broker without topic ids.
     ["ALTER TABLE consumer_offsets ADD COLUMN topic_id TEXT"],
+    # 4: dead letters the dead-letter topic refused (a record too large for it, say), kept here
+    # so that one record can never stop a service; `wazza-hooks dlq list` shows them. The record
+    # as base64 text, so that one schema serves both databases.
+    [
+        """CREATE TABLE IF NOT EXISTS dead_letters (
+            service TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            kafka_partition INTEGER NOT NULL,
+            kafka_offset BIGINT NOT NULL,
+            error_class TEXT NOT NULL,
+            error_message TEXT NOT NULL,
+            refusal TEXT NOT NULL,
+            record_key TEXT,
+            record_value TEXT NOT NULL,
+            record_headers TEXT NOT NULL,
+            kept_ms BIGINT NOT NULL,
+            PRIMARY KEY (service, topic, kafka_partition, kafka_offset)
+        )""",
+    ],
 ]
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"

@@ -17,7 +17,7 @@ import pytest
 
 from consumers.batch import Record, apply_batch
 from consumers.service import BUILTIN
-from consumers.store import Store
+from consumers.store import Store, Tx
 from tests.commands import Result, hooks
 from tests.conftest import subprocess_env
 from wazza_hooks import contract
@@ -80,7 +80,7 @@ async def fill(store: Store) -> tuple[Record, Record]:
     dead-lettered event (history, but no row). Updated in the order a, b, c."""
     dead: list[Record] = []
 
-    async def dead_letter(rec: Record, error: BaseException) -> None:
+    async def dead_letter(tx: Tx, rec: Record, error: BaseException) -> None:
         dead.append(rec)
 
     async def apply(service: str, *records: Record) -> list[str]:

@@ -12,7 +12,7 @@ import pytest
 from consumers.batch import Record, apply_batch, prune_dedup_keys, stored_offsets
 from consumers.log_identity import Stored
 from consumers.service import BUILTIN
-from consumers.store import Store, StoreError, StoreUnavailable, open_store
+from consumers.store import Store, StoreError, StoreUnavailable, Tx, open_store
 from consumers.store.schema import MIGRATIONS
 
 from .helpers import completed, envelope_of, job, progress
@@ -25,7 +25,7 @@ def record(offset: int, raw: bytes, partition: int = 0) -> Record:
     return Record("t.raw", partition, offset, key, raw, envelope_of(raw).to_headers())
 
 
-async def never(record: Record, error: BaseException) -> None:
+async def never(tx: Tx, record: Record, error: BaseException) -> None:
     raise AssertionError(f"unexpected dead letter: {error!r}")
 
 

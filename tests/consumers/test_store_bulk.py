@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from consumers.batch import Record, apply_batch
 from consumers.service import BUILTIN
-from consumers.store import Store
+from consumers.store import Store, Tx
 from wazza_hooks import contract
 
 from .helpers import completed, envelope_of, progress, rows
@@ -67,7 +67,7 @@ async def test_a_record_of_another_type_is_skipped_by_its_type_header_even_if_th
 ) -> None:
     letters: list[tuple[int, str]] = []
 
-    async def dead_letter(record: Record, error: BaseException) -> None:
+    async def dead_letter(tx: Tx, record: Record, error: BaseException) -> None:
         letters.append((record.offset, type(error).__name__))
 
     raw_progress = progress("j9", 10, "2025-10-22T10:00:00Z")

@@ -137,6 +137,23 @@ async def test_identical_retries_share_one_event_id(
         (b'{"event": "job.completed", "status": "completed"}', "missing_job_id"),
         (b'{"event": "job.completed", "jobId": 42}', "invalid_job_id"),
         (b'{"jobId": "job_q"}', "missing_event_type"),
+        # What a consumer could not apply is quarantined here, by the contract both share.
+        (
+            b'{"event": "job.completed", "jobId": "job_q", "output": '
+            + b'{"n": ' * 300
+            + b"1"
+            + b"}" * 301,
+            "too_deep",
+        ),
+        (
+            b'{"event": "job.completed", "jobId": "job_q", '
+            b'"timestamp": "0001-01-01T00:00:00+00:01"}',
+            "invalid_timestamp",
+        ),
+        (
+            b'{"event": "job.processing", "jobId": "job_q", "progress": {"percent": 150}}',
+            "invalid_progress",
+        ),
     ],
 )
 async def test_a_signed_but_unusable_body_is_quarantined_with_its_reason_and_answered_202(
@@ -152,6 +169,23 @@ async def test_a_signed_but_unusable_body_is_quarantined_with_its_reason_and_ans
     assert record.value == body
     assert contract.headers_dict(record.headers)[contract.H_QUARANTINE_REASON] == reason.encode()
     assert await read_topic(broker.bootstrap_servers, topics.raw, expect=0, timeout=1) == []
+
+
+async def test_a_completion_with_a_stray_progress_over_100_is_published_not_quarantined(
+    serve: ServerFactory, broker: LocalBroker, topics: Topics
+) -> None:
+    """Checks follow the event type: a completion's `progress` is not its business."""
+    base = await serve()
+    body = (
+        b'{"event": "job.completed", "jobId": "job_stray", "status": "completed", '
+        b'"progress": {"percent": 100.5}, "timestamp": "2025-10-22T10:30:00Z"}'
+    )
+
+    status, answer = await post(base + "/api/webhooks/wazza", body, sign_wazza(SECRET, body, now()))
+
+    assert (status, answer) == (200, {"received": True})
+    [record] = await read_topic(broker.bootstrap_servers, topics.raw, expect=1)
+    assert record.value == body
 
 
 @pytest.mark.parametrize(

@@ -103,6 +103,7 @@ async def test_a_dead_letter_is_listed_then_redriven_once_for_its_service_only(
                     "redriven": None,
                 }
             ],
+            "keptInStore": [],
         }
         assert text.code == 0, text
         assert text.out.startswith(f"{dead_id}  ")
