@@ -41,7 +41,7 @@ _BAD_REQUEST_LOG_SECONDS = 10.0
 
 @dataclass(frozen=True, slots=True)
 class EdgeLimits:
-    """The bounds of the server's edges (from IngestSettings)."""
+    """The bounds of the server's edges (from IngestSettings: `of`)."""
 
     headers_seconds: float
     """A connection's request line and headers must arrive within this long (and an idle
@@ -50,6 +50,15 @@ class EdgeLimits:
     """Open connections past this are answered 503 and closed at once."""
     retry_after_seconds: int
     """The Retry-After of those 503s."""
+
+    @classmethod
+    def of(cls, settings: Any) -> EdgeLimits:
+        """The limits an IngestSettings sets."""
+        return cls(
+            headers_seconds=settings.headers_timeout_seconds,
+            max_connections=settings.max_connections,
+            retry_after_seconds=settings.retry_after_seconds,
+        )
 
 
 class BodyBudget:
@@ -155,6 +164,17 @@ def guard(runner: web.AppRunner, limits: EdgeLimits) -> None:
     # same object, with only that call changed, so every setting aiohttp gave it stays.
     server.__class__ = _GuardedServer
     GuardedRequestHandler.limits = limits
+
+
+async def start_runner(app: web.Application, limits: EdgeLimits, **options: Any) -> web.AppRunner:
+    """The application's runner, set up, its server's connections guarded by `limits`
+    (`options`: more web.AppRunner options, such as shutdown_timeout)."""
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, **server_settings(limits), **options
+    )
+    await runner.setup()
+    guard(runner, limits)
+    return runner
 
 
 def server_settings(limits: EdgeLimits) -> dict[str, Any]:

@@ -127,23 +127,12 @@ async def _run(
     from aiohttp import web
 
     from .app import STATE, direct_dispatch
-    from .edges import EdgeLimits, guard, server_settings
+    from .edges import EdgeLimits, start_runner
 
-    limits = EdgeLimits(
-        headers_seconds=settings.headers_timeout_seconds,
-        max_connections=settings.max_connections,
-        retry_after_seconds=settings.retry_after_seconds,
+    runner = await start_runner(
+        app, EdgeLimits.of(settings), shutdown_timeout=_SHUTDOWN_TIMEOUT_SECONDS
     )
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        handle_signals=False,
-        shutdown_timeout=_SHUTDOWN_TIMEOUT_SECONDS,
-        **server_settings(limits),
-    )
-    await runner.setup()
     assert runner.server is not None  # noqa: S101 - set by setup()
-    guard(runner, limits)
     # Every connection takes its handler from the server when it opens: none is open yet.
     runner.server.request_handler = direct_dispatch(app)
     try:
