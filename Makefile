@@ -35,7 +35,8 @@ lint: $(STAMP)
 # (the stack's: the store matched what simulate expects).
 bench: $(STAMP)
 	$(BIN)/python bench/ingest_bench.py; a=$$?; $(BIN)/python bench/consumer_bench.py; b=$$?; \
-	$(BIN)/python bench/stack_bench.py; c=$$?; test $$a -eq 0 -a $$b -eq 0 -a $$c -eq 0
+	$(BIN)/python bench/stack_bench.py; c=$$?; $(BIN)/python bench/attack_bench.py; d=$$?; \
+	test $$a -eq 0 -a $$b -eq 0 -a $$c -eq 0 -a $$d -eq 0
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

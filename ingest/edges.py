@@ -13,7 +13,8 @@ arrived. Everything before that is bounded here and in `app.WebhookHandler`:
 - **A cap on open connections** (`max_connections`): past it a new connection is answered a
   JSON 503 at once and closed, so descriptors and memory stay bounded.
 - **A cap on body bytes held** across the requests being read (`BodyBudget`, in the handler):
-  past it a request is answered a JSON 503 with Retry-After before its body is read.
+  past it a request declaring a large body is answered a JSON 503 with Retry-After before its
+  body is read; small bodies (webhooks) are always read, bounded by the connection cap.
 - **Malformed HTTP** gets a JSON 400 that echoes nothing of the request (aiohttp's own echoes
   the offending line, which may hold a signature), and a log line at most every few seconds,
   without a traceback (aiohttp writes one per request: an attacker could flood the log).
@@ -61,9 +62,15 @@ class EdgeLimits:
         )
 
 
+# A body this small is always read: webhooks are a few hundred bytes, and what small bodies can
+# hold together is already bounded by the connection cap (512 x 64 KiB = 32 MiB). The budget is
+# for the large ones, so that slow large bodies cannot crowd the real webhooks out.
+SMALL_BODY_BYTES = 64 * 1024
+
+
 class BodyBudget:
-    """Body bytes that requests being read may hold together; a request takes its share (its
-    declared length, or the body limit when it declares none) before reading, and gives it back
+    """Body bytes that requests being read may hold together; a request declaring more than
+    SMALL_BODY_BYTES (or declaring no length) takes its share before reading, and gives it back
     after."""
 
     def __init__(self, max_bytes: int) -> None:
@@ -73,6 +80,8 @@ class BodyBudget:
 
     def take(self, size: int) -> bool:
         """Take `size` bytes; False (nothing taken) when they would pass the budget."""
+        if size <= SMALL_BODY_BYTES:
+            return True
         if self.held + size > self.max_bytes:
             return False
         self.held += size
@@ -80,7 +89,8 @@ class BodyBudget:
 
     def give(self, size: int) -> None:
         """Give back what `take` took."""
-        self.held -= size
+        if size > SMALL_BODY_BYTES:
+            self.held -= size
 
 
 def _json_response(status: int, reason: str, detail: str, **headers: str) -> web.Response:

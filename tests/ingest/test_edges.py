@@ -54,6 +54,9 @@ async def serving(broker: LocalBroker, topics: Topics, **extra: str) -> AsyncIte
             assert proc.proc.poll() is None, proc.output()
             assert time.monotonic() < deadline, proc.output()
             await asyncio.sleep(0.05)
+        # It listens before its producer has connected (a webhook meanwhile is a 503): on
+        # Apache Kafka that takes a moment longer than the first requests of a test.
+        await proc.wait_for_stdout('"msg":"broker connected"', max(deadline - time.monotonic(), 1))
         yield proc
 
 
@@ -220,12 +223,16 @@ async def test_past_the_connection_cap_a_new_connection_gets_a_json_503_and_the_
         assert status == 200
 
 
-async def test_past_the_body_budget_a_request_gets_a_json_503_before_its_body_is_read(
+async def test_past_the_body_budget_a_large_body_gets_a_json_503_and_webhooks_still_pass(
     broker: LocalBroker, topics: Topics
 ) -> None:
-    """Two requests each declaring the whole body limit hold the budget while their bodies
-    trickle; a third is refused at once with Retry-After; once they are done, it is served."""
-    extra = {"WAZZA_MAX_BODY_BYTES": "4096", "WAZZA_MAX_BODY_BYTES_IN_FLIGHT": "8192"}
+    """Two requests each declaring a 128 KiB body hold the whole 256 KiB budget while their
+    bodies trickle: a third large one is refused at once with Retry-After, a webhook of a few
+    hundred bytes is served all the same (small bodies are bounded by the connection cap),
+    and once the stalled ones hit their deadline the large one is read again."""
+    limit = 128 * 1024
+    extra = {"WAZZA_MAX_BODY_BYTES": str(limit), "WAZZA_MAX_BODY_BYTES_IN_FLIGHT": str(2 * limit)}
+    large = b'{"event":"job.completed","jobId":"job_large","pad":"' + b"x" * 100_000 + b'"}'
     async with serving(broker, topics, **extra) as proc:
         port = proc.port  # type: ignore[attr-defined]
         stalled = []
@@ -233,12 +240,22 @@ async def test_past_the_body_budget_a_request_gets_a_json_503_before_its_body_is
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(
                 b"POST /api/webhooks/wazza HTTP/1.1\r\nHost: x\r\n"
-                b"Content-Type: application/json\r\nContent-Length: 4096\r\n\r\n{"
+                b"Content-Type: application/json\r\n"
+                + f"Content-Length: {limit}\r\n\r\n{{".encode()
             )
             await writer.drain()
             stalled.append((reader, writer))
         await asyncio.sleep(0.3)
-        answer = await exchange(port, webhook(port, completed_body("job_edge")))
+        small = await exchange(port, webhook(port, completed_body("job_edge")))
+        assert status_and_json(small)[0] == 200, small
+        # Answered before the body is read: sent as headers alone, then read.
+        request = webhook(port, large)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request[: request.index(b"\r\n\r\n") + 4])
+        await writer.drain()
+        async with asyncio.timeout(10):
+            answer = await reader.read()
+        writer.close()
         assert status_and_json(answer) == (
             503,
             {"error": "overloaded", "detail": "too many bodies arriving; retry later"},
@@ -248,8 +265,8 @@ async def test_past_the_body_budget_a_request_gets_a_json_503_before_its_body_is
             async with asyncio.timeout(10):
                 assert status_and_json(await reader.read())[0] == 408
             writer.close()
-        status, _ = status_and_json(await exchange(port, webhook(port, completed_body("job_edge"))))
-        assert status == 200
+        status, _ = status_and_json(await exchange(port, webhook(port, large)))
+        assert status in (200, 202), status
 
 
 async def test_malformed_http_gets_a_json_400_that_echoes_nothing_and_few_log_lines(
