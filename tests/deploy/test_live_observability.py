@@ -29,6 +29,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import BIN, SECRET, Topics, make_topics, subprocess_env
+from tests.consumers.helpers import publish
 from tests.signing import completed_body, failed_body, sign_wazza
 from wazza_hooks.localbroker import LocalBroker, free_port
 
@@ -87,6 +88,8 @@ class Stack:
     consumer_ports: dict[str, int]
     prometheus_port: int
     procs: list[Running]
+    bootstrap_servers: str
+    raw_topic: str
 
     @property
     def prometheus(self) -> str:
@@ -175,7 +178,14 @@ def started_stack(
             "--log.level=warn",
         ]
         procs.append(stack.enter_context(running(prometheus)))
-        yield Stack(ingest_port, consumer_ports, prometheus_port, procs)
+        yield Stack(
+            ingest_port,
+            consumer_ports,
+            prometheus_port,
+            procs,
+            broker.bootstrap_servers,
+            topics.raw,
+        )
 
 
 # --- talking to the processes -----------------------------------------------------------------
@@ -218,6 +228,9 @@ class Wave:
     requests: list[tuple[bytes, dict[str, str]]]
     records: int
     """How many of them reach the raw topic (each service reads every one)."""
+    direct: list[bytes]
+    """Bodies written straight to the raw topic: what the ingester would quarantine, so that a
+    service has something to dead-letter."""
 
 
 def processing(job_id: str, percent: int, timestamp: str) -> bytes:
@@ -261,16 +274,18 @@ def make_wave() -> Wave:
         good(completed_at(b, "2025-10-22T10:05:00Z")),  # applied
         good(completed_at(b, "2025-10-22T10:04:00Z")),  # earlier terminal event: conflict
         good(failed_body(c)),  # applied
-        good(processing(d, 150, "2025-10-22T10:00:00Z")),  # unusable percent: dead-lettered
     ]
     not_json = b'{"event": "job.completed", "jobId": '
+    unusable = processing(d, 150, "2025-10-22T10:00:00Z")
     refused = [
         (not_json, sign_wazza(SECRET, not_json, now)),  # 202, quarantined
+        good(unusable),  # 202, quarantined: no service could apply a percent of 150
         (completed_body(a), sign_wazza("not-the-secret", completed_body(a), now)),  # 401
         (completed_body(a), sign_wazza("not-the-secret", completed_body(a), now)),  # 401
         (completed_body(a), sign_wazza(SECRET, completed_body(a), now - 3600)),  # 401 stale
     ]
-    return Wave(raw + refused, records=len(raw))
+    # Written straight to the raw topic, the same body is dead-lettered by the progress service.
+    return Wave(raw + refused, records=len(raw), direct=[unusable])
 
 
 async def send(session: aiohttp.ClientSession, stack: Stack, wave: Wave) -> list[int]:
@@ -349,8 +364,9 @@ async def test_prometheus_scrapes_every_service_and_the_dashboard_and_alerts_hav
         for _ in range(2):
             wave = make_wave()
             statuses = await send(session, stack, wave)
-            assert statuses == [200] * wave.records + [202, 401, 401, 401], stack.output()
-            expected += wave.records * len(SERVICES)
+            assert statuses == [200] * wave.records + [202, 202, 401, 401, 401], stack.output()
+            await publish(stack.bootstrap_servers, stack.raw_topic, wave.direct)
+            expected += (wave.records + len(wave.direct)) * len(SERVICES)
             target = expected
 
             async def consumed(target: int = target) -> bool:
