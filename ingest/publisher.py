@@ -9,7 +9,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from functools import partial
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, for_code
@@ -152,6 +152,17 @@ Slot = tuple[str, int]
 """(topic, partition)."""
 
 
+class _Unplaced(NamedTuple):
+    """A record waiting for its topic's partitions to be known."""
+
+    key: bytes | None
+    value: bytes
+    headers: KafkaHeaders
+    deadline: float
+    """Loop time by which it must be acknowledged."""
+    waiter: asyncio.Future[None]
+
+
 class Publisher(Protocol):
     """What the ingester needs from a broker client."""
 
@@ -215,6 +226,9 @@ class KafkaPublisher:
         self._backoff: asyncio.TimerHandle | None = None
         self._dispatch_scheduled = False
         self._refused: str | None = None
+        self._unplaced: dict[str, list[_Unplaced]] = {}
+        """Records for a topic whose partitions are being loaded, in the order they came."""
+        self._loaders: set[asyncio.Task[None]] = set()
 
     @property
     def problem(self) -> str | None:
@@ -242,6 +256,11 @@ class KafkaPublisher:
             producer, self._producer = self._producer, None
             try:
                 async with asyncio.timeout(_FLUSH_TIMEOUT_SECONDS):
+                    # Records still waiting for their topic's partitions are not in a batch
+                    # yet: place them first, or the flush below would stop the producer
+                    # under them.
+                    if self._loaders:
+                        await asyncio.wait(self._loaders)
                     if self._direct:
                         # Until every batch is acknowledged, refused or past its deadline.
                         while self._open or self._queued or self._deliveries:
@@ -257,6 +276,10 @@ class KafkaPublisher:
                     await producer.flush()
             except (TimeoutError, KafkaError) as exc:
                 log.warning("producer flush incomplete at shutdown: %r", exc)
+            for loader in self._loaders:
+                loader.cancel()  # its records are failed (a 503) rather than left waiting
+            if self._loaders:
+                await asyncio.wait(self._loaders)
             await producer.stop()
 
     @property
@@ -292,10 +315,46 @@ class KafkaPublisher:
         producer = self._producer
         if producer is None:
             raise PublishError("not connected to the broker yet")
+        waiter: asyncio.Future[None] = self._loop.create_future()
         partitions = self._partitions.get(topic)
         if partitions is None:
-            partitions = await self._load_partitions(producer, topic, ack_timeout)
-        slot = (topic, self._partition_of(key, partitions))
+            # The topic's partitions are not known yet: the record waits in line with the
+            # others of its topic, and one loader places them all, in this order, in one go.
+            # Each publish awaiting the metadata on its own resumed in no set order (a record
+            # published after the cache filled overtook those still waking up: a key's records
+            # landed as [7, 0, 1, ...] on Apache Kafka, whose first Metadata answer to a new
+            # producer names no topics), and the shutdown flush did not see them at all.
+            line = self._unplaced.get(topic)
+            if line is None:
+                line = self._unplaced[topic] = []
+                loader = self._loop.create_task(self._place_when_known(producer, topic, line))
+                self._loaders.add(loader)
+                loader.add_done_callback(self._loaders.discard)
+            deadline = self._loop.time() + ack_timeout
+            line.append(_Unplaced(key, value, headers, deadline, waiter))
+        else:
+            self._place(
+                producer,
+                (topic, self._partition_of(key, partitions)),
+                key,
+                value,
+                headers,
+                ack_timeout,
+                waiter,
+            )
+        await waiter
+
+    def _place(
+        self,
+        producer: AIOKafkaProducer,
+        slot: Slot,
+        key: bytes | None,
+        value: bytes,
+        headers: KafkaHeaders,
+        ack_timeout: float,
+        waiter: asyncio.Future[None],
+    ) -> None:
+        """Append the record to its partition's open batch; its ack answers `waiter`."""
         batch = self._open.get(slot)
         if batch is None:
             batch = self._open_batch(producer, slot, ack_timeout)
@@ -310,10 +369,56 @@ class KafkaPublisher:
             if not self._direct:
                 self._schedule_flush(producer)
             if not batch.add(key, value, headers):
-                raise PublishError("record larger than the producer's batch size")
-        waiter: asyncio.Future[None] = self._loop.create_future()
+                waiter.set_exception(PublishError("record larger than the producer's batch size"))
+                return
         batch.waiters.append(waiter)
-        await waiter
+
+    async def _place_when_known(
+        self, producer: AIOKafkaProducer, topic: str, line: list[_Unplaced]
+    ) -> None:
+        """Load the topic's partitions within the first record's deadline, then place every
+        record of `line` that is still wanted, in order, before any publish that comes after."""
+        failure = f"no metadata for {topic}"
+        try:
+            try:
+                async with asyncio.timeout_at(line[0].deadline):
+                    known = await producer.partitions_for(topic)
+            except TimeoutError:
+                self._set_up(False)
+                failure = f"no metadata for {topic} within the publish deadline"
+                return
+            except KafkaError as exc:
+                failure = f"no metadata for {topic}: {exc!r}"
+                return
+            partitions = sorted(known)
+            # In the same event-loop turn as the placing below: a publish that sees the
+            # partitions comes after every record of the line.
+            self._partitions[topic] = partitions
+            now = self._loop.time()
+            for record in line:
+                if record.waiter.done():  # its publish was cancelled while it waited
+                    continue
+                if record.deadline <= now:
+                    record.waiter.set_exception(PublishError(f"{failure} within its deadline"))
+                    continue
+                slot = (topic, self._partition_of(record.key, partitions))
+                self._place(
+                    producer,
+                    slot,
+                    record.key,
+                    record.value,
+                    record.headers,
+                    record.deadline - now,
+                    record.waiter,
+                )
+            line.clear()
+        finally:
+            # Whatever was not placed (a timeout, an error, a cancel at shutdown) is answered
+            # now; the next publish for the topic starts a new load.
+            del self._unplaced[topic]
+            for record in line:
+                if not record.waiter.done():
+                    record.waiter.set_exception(PublishError(failure))
 
     def _open_batch(
         self, producer: AIOKafkaProducer, slot: tuple[str, int], ack_timeout: float
@@ -551,21 +656,6 @@ class KafkaPublisher:
         self._release(producer, batch)
         self._set_up(False)
         batch.fail("no broker ack within the publish deadline")
-
-    async def _load_partitions(
-        self, producer: AIOKafkaProducer, topic: str, ack_timeout: float
-    ) -> list[int]:
-        try:
-            async with asyncio.timeout(ack_timeout):
-                known = await producer.partitions_for(topic)
-        except TimeoutError:
-            self._set_up(False)
-            raise PublishError(f"no metadata for {topic} within {ack_timeout:g} s") from None
-        except KafkaError as exc:
-            raise PublishError(f"no metadata for {topic}: {exc!r}") from exc
-        partitions = sorted(known)
-        self._partitions[topic] = partitions
-        return partitions
 
     def _partition_of(self, key: bytes | None, partitions: list[int]) -> int:
         if key is None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatch
 from aiokafka.structs import TopicPartition
 
 from ingest.publisher import KafkaPublisher, PublishError
@@ -47,6 +48,8 @@ class FakeClient:
     cluster: Cluster = field(default_factory=lambda: Cluster({}))
     requests: list[dict[int, int]] = field(default_factory=list)
     """Per request: partition -> records."""
+    values: list[bytes | None] = field(default_factory=list)
+    """Every record's value, in the order the requests carried them."""
     in_flight: int = 0
     most_in_flight: int = 0
     metadata_updates: int = 0
@@ -61,6 +64,8 @@ class FakeClient:
             await asyncio.sleep(self.node_delays.get(node, self.delay))
             [(topic, partitions)] = request._topics
             self.requests.append({p: _records(data) for p, data in partitions})
+            for _, data in partitions:
+                self.values.extend(r.value for r in DefaultRecordBatch(bytearray(data)))
             answers = []
             for partition, _ in partitions:
                 queue = self.script.get(partition, [])
@@ -81,6 +86,18 @@ def _records(batch: bytes) -> int:
 class FakeProducer:
     def __init__(self, client: FakeClient) -> None:
         self.client = client
+        self.metadata: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Resolved when the topic's metadata arrives."""
+        self.known: set[int] | None = None
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        # As aiokafka's client: from the cache without suspending once it is filled, else
+        # after the metadata answer (behind a shield, one more loop turn).
+        if self.known is not None:
+            return self.known
+        await asyncio.shield(self.metadata)
+        assert self.known is not None
+        return self.known
 
     def create_batch(self) -> BatchBuilder:
         return BatchBuilder(256 * 1024, 0)
@@ -193,3 +210,21 @@ async def test_a_partition_whose_leader_moves_keeps_its_order_across_the_move() 
     # The newer records wait for the first batch's answer (refused: not the leader), then for
     # its retry to the new leader.
     assert client.requests == [{0: 1}, {0: 1}, {0: 2}]
+
+
+async def test_records_published_while_the_topic_metadata_loads_keep_their_order() -> None:
+    client = FakeClient()
+    pub = await publisher(client, partitions=1)
+    del pub._partitions[TOPIC]  # a topic this publisher has not sent to yet
+    producer = pub._producer
+    assert isinstance(producer, FakeProducer)
+    key = b"job_1"
+    early = [asyncio.create_task(pub.publish(TOPIC, key, b"%d" % i, [], 2.0)) for i in range(3)]
+    await asyncio.sleep(0.01)  # all three wait for the metadata
+    # The answer fills the cache; a publish starting in the same turn finds the partitions
+    # without waiting, while the three are still to wake up: it must not overtake them.
+    producer.known = {0}
+    producer.metadata.set_result(None)
+    late = asyncio.create_task(pub.publish(TOPIC, key, b"3", [], 2.0))
+    await asyncio.gather(*early, late)
+    assert client.values == [b"0", b"1", b"2", b"3"]
