@@ -26,11 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-# The engine of the session's broker. Tansu for now: `WAZZA_TEST_ENGINE=kafka` runs the suite on
-# Apache Kafka, where nine tests of dlq, replay, the sender path and a recreated topic still
-# fail (they assume a topic serves the moment it is created, or a deletion that is immediate).
-# The engine's own tests (tests/wazza_hooks/test_apache_kafka.py) run on Apache Kafka always.
-ENGINE = os.environ.get("WAZZA_TEST_ENGINE", "tansu")
+# The engine of the session's broker: Apache Kafka, what production runs (idempotence, topic ids,
+# deletions that take effect asynchronously). `WAZZA_TEST_ENGINE=tansu` runs the suite on the
+# no-Java fallback instead; the tests about that fallback take `tansu_broker` whatever is chosen,
+# and the engine's own tests (tests/wazza_hooks/test_apache_kafka.py) run on Apache Kafka always.
+ENGINE = os.environ.get("WAZZA_TEST_ENGINE", "kafka")
 
 
 @pytest.fixture(scope="session")

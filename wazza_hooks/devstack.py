@@ -222,7 +222,9 @@ async def _records_left(bootstrap: str, store_url: str) -> dict[str, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(contract.RAW_TOPIC) or set()
+        # Fresh metadata: the consumer's cache holds only the topics it tracks (none here).
+        cluster = await consumer._client.fetch_all_metadata()
+        partitions = cluster.partitions_for_topic(contract.RAW_TOPIC) or set()
         tps = [TopicPartition(contract.RAW_TOPIC, p) for p in sorted(partitions)]
         consumer.assign(tps)
         for tp in tps:

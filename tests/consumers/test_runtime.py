@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -19,6 +20,7 @@ import consumers.runtime
 import wazza_hooks.producers
 from consumers import JobEvent, Service, Tx
 from consumers import metrics as consumer_metrics
+from consumers.log_identity import TopicIdRequest, topic_id_of
 from consumers.runtime import ConsumerRuntime
 from consumers.service import BUILTIN, load_service
 from consumers.settings import ConsumerSettings
@@ -323,6 +325,13 @@ async def history_holds(store: Store, service: str, events: int) -> bool:
     return int(found[0][0]) == events
 
 
+async def topic_id_now(admin: Any, topic: str) -> str | None:
+    """The topic's id as the broker serves it now; None while it has no such topic."""
+    client = admin._client
+    response = await client.send(client.get_random_node(), TopicIdRequest(topic))
+    return topic_id_of(response, topic)
+
+
 async def offsets_equal(store: Store, service: str, topic: str, records: int) -> bool:
     return sum((await partition_offsets(store, service, topic)).values()) == records
 
@@ -385,10 +394,21 @@ async def test_a_raw_topic_deleted_and_recreated_while_the_service_runs_is_read_
         admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
         await admin.start()
         try:
+            old_id = await topic_id_now(admin, topics.raw)
+            assert old_id is not None
             await admin.delete_topics([topics.raw])
+            # Apache Kafka answers the deletion before its broker has applied it; a create
+            # meanwhile finds the old topic "already exists", and the test would go on
+            # publishing to the old log. (Tansu recreates a topic asked about: a new id too.)
+            deadline = time.monotonic() + SETTLE_SECONDS
+            while await topic_id_now(admin, topics.raw) == old_id:
+                assert time.monotonic() < deadline, "the deleted topic is still served"
+                await asyncio.sleep(0.05)
+            await ensure_topics(broker.bootstrap_servers, {topics.raw: 2})
+            new_id = await topic_id_now(admin, topics.raw)
+            assert new_id not in (None, old_id)
         finally:
             await admin.close()
-        await ensure_topics(broker.bootstrap_servers, {topics.raw: 2})
         second = [completed(f"job_d{i}", "2025-10-22T10:00:00Z") for i in range(40)]
         await publish(broker.bootstrap_servers, topics.raw, second)
 
