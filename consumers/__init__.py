@@ -1,4 +1,4 @@
-"""Consumer services: effectively-once job state from the raw topic (see DESIGN.md).
+"""Consumer services: effectively-once job state from the raw topic (docs/architecture.md).
 
 The extension API: define a `Service` (name, event types, async handler) and run it with
 `wazza-consumer package.module:name`.

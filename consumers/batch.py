@@ -1,4 +1,4 @@
-"""One batch, one store transaction (DESIGN.md, "Effectively-once consumption").
+"""One batch, one store transaction (docs/architecture.md, "A batch, effectively once").
 
 (a) guard each partition's stored offset: it must be the batch's first offset, else this is a
     replay or a zombie owner: that partition's records are left alone and the caller seeks it

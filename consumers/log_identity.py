@@ -1,4 +1,5 @@
-"""Whether the offsets a service stored belong to the log it now reads (DESIGN.md invariant 7).
+"""Whether the offsets a service stored belong to the log it now reads (invariant 7 of
+docs/architecture.md).
 
 A consumer seeks each partition to the next offset kept in its store. That is only right while
 the partition is the same log the offset was taken from. When it is not (a broker that started

@@ -1,4 +1,5 @@
-"""The consumer services' Prometheus metrics (DESIGN.md, "Metrics"), labelled by service."""
+"""The consumer services' Prometheus metrics, labelled by service (Prometheus conventions: base
+units, `_total` counters)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The order rules of DESIGN.md invariant 5, as one pure function: (job state, event) -> decision.
+"""The order rules (invariant 5 of docs/architecture.md) as one pure function:
+(job state, event) -> decision.
 
 The final state of a job is the same whatever order its events arrive in, because every rule
 compares events by a total order instead of by arrival:

@@ -1,4 +1,5 @@
-"""What one client may cost the ingester before it is even authenticated (DESIGN.md invariant 8).
+"""What one client may cost the ingester before it is even authenticated (invariant 8 of
+docs/architecture.md).
 
 The webhook endpoint faces the internet, and a signature is only checked once a whole body has
 arrived. Everything before that is bounded here and in `app.WebhookHandler`:

@@ -1,4 +1,4 @@
-"""The ingester's Prometheus metrics (DESIGN.md, "Metrics"): base units, no jobId label.
+"""The ingester's Prometheus metrics : base units, `_total` counters, no jobId label.
 
 With several worker processes, prometheus-client's multiprocess mode must be switched on (the
 PROMETHEUS_MULTIPROC_DIR variable) before this module is first imported; `server.py` does that.

@@ -1,6 +1,6 @@
 """The record contract: what the ingester writes to Kafka and every consumer reads.
 
-This is the one module both sides import (DESIGN.md, "The record contract"). Header names,
+This is the one module both sides import (docs/architecture.md). Header names,
 topic defaults and the record shapes live here and nowhere else.
 
 - Raw topic: key = jobId (UTF-8), value = the request body byte for byte, headers below.

@@ -1,6 +1,6 @@
 """Moving a service back over its history (`wazza-hooks replay`).
 
-A replay only lowers the service's offsets in the store (the source of truth, DESIGN.md
+A replay only lowers the service's offsets in the store (the source of truth, docs/architecture.md
 "Effectively-once consumption"); it never raises one, so it never skips a record. Safe while
 the service runs:
 

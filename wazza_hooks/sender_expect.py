@@ -2,8 +2,9 @@
 
 The state is computed with the consumers' own code, not guessed: each delivered body is parsed
 by `consumers.events.parse_event` under the event id the ingester gives it (the body's SHA-256)
-and folded with `consumers.state.decide`, the rules of DESIGN.md invariant 5. Those rules are
-order-independent, so the fold's order does not matter, and a duplicate folds to nothing new.
+and folded with `consumers.state.decide`, the order rules (invariant 5 of docs/architecture.md).
+Those rules are order-independent, so the fold's order does not matter, and a duplicate folds to
+nothing new.
 
 A delivery that was given up (every attempt unanswered or refused) may still have landed: a
 timeout or a 503 can hide a late broker ack. A job is *definite* when its state is the same

@@ -3,9 +3,9 @@
 Each test starts the console script as subprocesses against the session's Tansu broker and a
 fresh store (every test runs on SQLite and on PostgreSQL), publishes records to the raw topic
 exactly as the ingester does, and reads the outcome back from the store. What is proved is
-DESIGN.md invariant 4 and "Effectively-once consumption" from the outside: `kill -9`, a second
-instance of a service, a graceful stop and a store outage lose nothing and apply nothing twice.
-Every process is killed, with its descendants, when a test ends.
+invariant 4 of docs/architecture.md and "A batch, effectively once" from the outside:
+`kill -9`, a second instance of a service, a graceful stop and a store outage lose nothing and
+apply nothing twice. Every process is killed, with its descendants, when a test ends.
 """
 
 from __future__ import annotations
@@ -878,7 +878,7 @@ def test_a_metrics_port_out_of_range_or_taken_stops_the_consumer_naming_it() -> 
     assert "Traceback" not in busy.stderr + out_of_range.stderr
 
 
-# --- a broker that starts over empty (DESIGN.md invariant 7) ----------------------------------
+# --- a broker that starts over empty (invariant 7) -----------------------------------------
 
 
 async def history_covers(store: Store, workload: Workload) -> bool:

@@ -1,6 +1,7 @@
-"""No single record can stop a consumer service (DESIGN.md invariant 8): against the real broker
-and both stores, records the ingester would never write (reached the raw topic some other way)
-are dead-lettered or kept in the store, and every other record is applied."""
+"""No single record can stop a consumer service (invariant 8 of docs/architecture.md): against
+the real broker and both stores, records the ingester would never write (they reached the raw
+topic some other way) are dead-lettered or kept in the store, and every other record is
+applied."""
 
 from __future__ import annotations
 

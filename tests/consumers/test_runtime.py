@@ -300,7 +300,7 @@ async def test_a_producer_start_that_never_ends_is_bounded_logged_and_retried(
     assert time.monotonic() - started < 30
 
 
-# --- another log under the stored offsets (DESIGN.md invariant 7) -----------------------------
+# --- another log under the stored offsets (invariant 7) --------------------------------------
 
 
 def resets_counted(service: str) -> float:
