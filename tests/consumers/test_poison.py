@@ -221,13 +221,13 @@ async def test_a_dead_letter_the_topic_refuses_is_kept_in_the_store_and_the_serv
 # JSON as orjson writes it: integers within 64 bits.
 _int64 = st.integers(min_value=-(2**63), max_value=2**64 - 1)
 _leaf = st.one_of(st.none(), _int64, st.floats(allow_nan=False), st.text(max_size=10))
-_json = st.recursive(
-    _leaf,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
+
+
+def _nested(inner: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    return st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+
+
+_json = st.recursive(_leaf, _nested, max_leaves=8)
 _bodies = st.one_of(
     st.binary(max_size=300),
     st.builds(
