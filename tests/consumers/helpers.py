@@ -1,17 +1,69 @@
-"""Building raw-topic records the way the ingester writes them, and reading the store back."""
+"""Building raw-topic records the way the ingester writes them, running services in the test's
+own loop, and reading the store back."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from consumers.runtime import ConsumerRuntime
+from consumers.service import Service
+from consumers.settings import ConsumerSettings
 from consumers.store import Store
 from wazza_hooks import contract
+
+# A store reaches the expected state within this long on a loaded 2-core CI machine.
+SETTLE_SECONDS = 30.0
+
+
+def settings_for(bootstrap: str, raw: str, dlq: str, **more: Any) -> ConsumerSettings:
+    """A service's settings against the test broker and topics, in a consumer group no other
+    test uses (`more`: other fields of ConsumerSettings)."""
+    return ConsumerSettings(
+        database_url="unused: the store is opened by the test",
+        bootstrap_servers=bootstrap,
+        enable_idempotence=False,
+        raw_topic=raw,
+        dlq_topic=dlq,
+        group_prefix=f"test-{uuid.uuid4().hex[:8]}-",
+        **more,
+    )
+
+
+@asynccontextmanager
+async def running(
+    store: Store, settings: ConsumerSettings, *services: Service
+) -> AsyncIterator[list[ConsumerRuntime]]:
+    """Run services in this loop; on exit, fail if one ended on its own, stop them and surface
+    their errors."""
+    stop = asyncio.Event()
+    runtimes = [ConsumerRuntime(service, settings, store) for service in services]
+    tasks = [asyncio.create_task(r.run(stop)) for r in runtimes]
+    try:
+        yield runtimes
+        ended = [t for t in tasks if t.done()]
+        assert not ended, [t.exception() for t in ended]
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Poll `check` until true; fail with `what` after SETTLE_SECONDS."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def body(event: str, job_id: str, at: str, **fields: Any) -> bytes:

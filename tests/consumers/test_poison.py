@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -29,48 +28,23 @@ from wazza_hooks.localbroker import LocalBroker
 
 from ..conftest import BIN, make_topics, read_topic, subprocess_env
 from ..postgres import fresh_database
-from .helpers import completed, envelope_of, progress, rows
+from . import helpers
+from .helpers import completed, envelope_of, progress, rows, running, until
 
-# A store reaches the expected state within this long on a loaded 2-core CI machine.
-SETTLE_SECONDS = 30.0
 SERVICES = ("completion", "failure", "progress")
 
 
 def settings_for(broker: LocalBroker, raw: str, dlq: str, **more: int) -> ConsumerSettings:
-    return ConsumerSettings(
-        database_url="unused: the store is opened by the test",
-        bootstrap_servers=broker.bootstrap_servers,
-        enable_idempotence=False,
-        raw_topic=raw,
-        dlq_topic=dlq,
-        group_prefix=f"test-{uuid.uuid4().hex[:8]}-",
-        **more,  # type: ignore[arg-type]
-    )
+    return helpers.settings_for(broker.bootstrap_servers, raw, dlq, **more)
 
 
 @asynccontextmanager
 async def consuming(
     store: Store, settings: ConsumerSettings, *names: str
-) -> AsyncIterator[list[asyncio.Task[None]]]:
-    """The services running in this loop; each must still run when the block ends."""
-    stop = asyncio.Event()
-    runtimes = [ConsumerRuntime(BUILTIN[n], settings, store) for n in names]
-    tasks = [asyncio.create_task(r.run(stop)) for r in runtimes]
-    try:
-        yield tasks
-        assert not any(t.done() for t in tasks), [t.exception() for t in tasks if t.done()]
-    finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 30)
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + SETTLE_SECONDS
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
+) -> AsyncIterator[list[ConsumerRuntime]]:
+    """The built-in services of these names running in this loop."""
+    async with running(store, settings, *(BUILTIN[n] for n in names)) as runtimes:
+        yield runtimes
 
 
 async def offsets_at(store: Store, topic: str, service: str, records: int) -> bool:

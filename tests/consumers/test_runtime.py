@@ -8,8 +8,6 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,6 @@ import wazza_hooks.producers
 from consumers import JobEvent, Service, Tx
 from consumers import metrics as consumer_metrics
 from consumers.log_identity import TopicIdRequest, topic_id_of
-from consumers.runtime import ConsumerRuntime
 from consumers.service import BUILTIN, load_service
 from consumers.settings import ConsumerSettings
 from consumers.store import Store, open_store
@@ -30,45 +27,23 @@ from wazza_hooks.localbroker import LocalBroker
 
 from ..conftest import ROOT, Topics, make_topics, read_topic
 from ..deadend import broker_advertising_a_dead_end
-from .helpers import completed, failed, history, ids, job, progress, publish, rows
-
-# A store reaches the expected state within this long on a loaded 2-core CI machine.
-SETTLE_SECONDS = 30.0
+from . import helpers
+from .helpers import (
+    completed,
+    failed,
+    history,
+    ids,
+    job,
+    progress,
+    publish,
+    rows,
+    running,
+    until,
+)
 
 
 def settings_for(broker: LocalBroker, topics: Topics) -> ConsumerSettings:
-    return ConsumerSettings(
-        database_url="unused: the store is opened by the test",
-        bootstrap_servers=broker.bootstrap_servers,
-        enable_idempotence=False,
-        raw_topic=topics.raw,
-        dlq_topic=topics.dlq,
-        group_prefix=f"test-{uuid.uuid4().hex[:8]}-",
-    )
-
-
-@asynccontextmanager
-async def running(
-    store: Store, settings: ConsumerSettings, *services: Service
-) -> AsyncIterator[list[ConsumerRuntime]]:
-    """Run services in this loop; stop them (and surface their errors) on exit."""
-    stop = asyncio.Event()
-    runtimes = [ConsumerRuntime(service, settings, store) for service in services]
-    tasks = [asyncio.create_task(r.run(stop)) for r in runtimes]
-    try:
-        yield runtimes
-    finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 30)
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + SETTLE_SECONDS
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
+    return helpers.settings_for(broker.bootstrap_servers, topics.raw, topics.dlq)
 
 
 async def offsets_reach(store: Store, service: str, count: int) -> bool:
@@ -400,7 +375,7 @@ async def test_a_raw_topic_deleted_and_recreated_while_the_service_runs_is_read_
             # Apache Kafka answers the deletion before its broker has applied it; a create
             # meanwhile finds the old topic "already exists", and the test would go on
             # publishing to the old log. (Tansu recreates a topic asked about: a new id too.)
-            deadline = time.monotonic() + SETTLE_SECONDS
+            deadline = time.monotonic() + helpers.SETTLE_SECONDS
             while await topic_id_now(admin, topics.raw) == old_id:
                 assert time.monotonic() < deadline, "the deleted topic is still served"
                 await asyncio.sleep(0.05)

@@ -1,154 +1,51 @@
 """The Apache Kafka engine (wazza_hooks.apache_kafka): real JVMs on loopback, no mocks.
 
-Skipped when Java >= 17 or Maven is missing. The first run fetches the jars with Maven (once,
-into the user's cache), which takes longer than the rest.
+They need Java >= 17 and Maven, as the whole suite does (tests/conftest.py fails, naming what is
+missing, where they are not). The first run fetches the jars with Maven (once, into the user's
+cache), which takes longer than the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from aiokafka import AIOKafkaClient, AIOKafkaProducer
-from aiokafka.protocol.abstract import AbstractType
-from aiokafka.protocol.api import Request, RequestStruct, Response
-from aiokafka.protocol.types import (
-    Boolean,
-    CompactArray,
-    CompactString,
-    Int16,
-    Int32,
-    Schema,
-    TaggedFields,
-)
 
+from consumers.log_identity import TopicIdRequest, topic_id_of
 from tests.conftest import ROOT, read_topic, unique
 from wazza_hooks.apache_kafka import (
     ApacheKafka,
     ApacheKafkaCluster,
     ensure_jars,
-    java_and_maven,
     server_properties,
 )
 from wazza_hooks.topics import ensure_topics
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(java_and_maven() is not None, reason=str(java_and_maven())),
-]
+pytestmark = pytest.mark.slow
 
 # An acks=all record is acknowledged in milliseconds; after a node is killed, once its session
 # expires (3 s in the cluster) and leaders move: a few seconds more.
 ACK_SECONDS = 30.0
 
 
-# --- topic ids: Metadata v12, which aiokafka (its newest is v5) does not have ---------------------
+# --- topic ids -------------------------------------------------------------------------------
 
 
-class _Uuid(AbstractType[uuid.UUID]):
-    @classmethod
-    def encode(cls, value: uuid.UUID) -> bytes:
-        return value.bytes
-
-    @classmethod
-    def decode(cls, data: BytesIO) -> uuid.UUID:
-        return uuid.UUID(bytes=data.read(16))
-
-
-class MetadataResponse_v12(Response):
-    API_KEY = 3
-    API_VERSION = 12
-    SCHEMA = Schema(
-        ("throttle_time_ms", Int32),
-        (
-            "brokers",
-            CompactArray(
-                ("node_id", Int32),
-                ("host", CompactString("utf-8")),
-                ("port", Int32),
-                ("rack", CompactString("utf-8")),
-                ("tags", TaggedFields),
-            ),
-        ),
-        ("cluster_id", CompactString("utf-8")),
-        ("controller_id", Int32),
-        (
-            "topics",
-            CompactArray(
-                ("error_code", Int16),
-                ("name", CompactString("utf-8")),
-                ("topic_id", _Uuid),
-                ("is_internal", Boolean),
-                (
-                    "partitions",
-                    CompactArray(
-                        ("error_code", Int16),
-                        ("partition_index", Int32),
-                        ("leader_id", Int32),
-                        ("leader_epoch", Int32),
-                        ("replica_nodes", CompactArray(Int32)),
-                        ("isr_nodes", CompactArray(Int32)),
-                        ("offline_replicas", CompactArray(Int32)),
-                        ("tags", TaggedFields),
-                    ),
-                ),
-                ("topic_authorized_operations", Int32),
-                ("tags", TaggedFields),
-            ),
-        ),
-        ("tags", TaggedFields),
-    )
-
-
-class MetadataRequest_v12(RequestStruct):
-    FLEXIBLE_VERSION = True
-    API_KEY = 3
-    API_VERSION = 12
-    RESPONSE_TYPE = MetadataResponse_v12
-    SCHEMA = Schema(
-        (
-            "topics",
-            CompactArray(
-                ("topic_id", _Uuid), ("name", CompactString("utf-8")), ("tags", TaggedFields)
-            ),
-        ),
-        ("allow_auto_topic_creation", Boolean),
-        ("include_topic_authorized_operations", Boolean),
-        ("tags", TaggedFields),
-    )
-
-
-class TopicIdRequest(Request[MetadataRequest_v12]):
-    """Metadata v12 for some topics by name: its answer carries each topic's id."""
-
-    API_KEY = 3
-
-    def __init__(self, topics: list[str]) -> None:
-        self._topics = topics
-
-    def build(self, request_struct_class: type[MetadataRequest_v12]) -> MetadataRequest_v12:
-        return request_struct_class(
-            [(uuid.UUID(int=0), name, {}) for name in self._topics], False, False, {}
-        )
-
-
-async def topic_id(bootstrap: str, topic: str) -> uuid.UUID:
-    """The broker's id of `topic` (a recreated topic has a new one)."""
+async def topic_id(bootstrap: str, topic: str) -> str:
+    """The broker's id of `topic` (a recreated topic has a new one), as the consumers ask it."""
     client = AIOKafkaClient(bootstrap_servers=bootstrap)
     await client.bootstrap()
     try:
         node = next(iter(client.cluster.brokers())).nodeId
-        response: Any = await client.send(node, TopicIdRequest([topic]))
+        response: Any = await client.send(node, TopicIdRequest(topic))
     finally:
         await client.close()
-    [(error, name, found, *_)] = response.topics
-    assert (error, name) == (0, topic)
-    assert isinstance(found, uuid.UUID)
+    found = topic_id_of(response, topic)
+    assert found is not None, response
     return found
 
 
