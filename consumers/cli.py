@@ -21,6 +21,10 @@ environment:
   DATABASE_URL             sqlite:///./var/wazza.db (default) or postgresql://user@host/db
   KAFKA_BOOTSTRAP_SERVERS  host:port (default localhost:9092)
   KAFKA_ENABLE_IDEMPOTENCE false for the local broker
+  KAFKA_SECURITY_PROTOCOL, KAFKA_SSL_*, KAFKA_SASL_*: TLS and SASL (docs/kafka-security.md)
+  WAZZA_PG_POOL_SIZE       PostgreSQL connections per process (default 4)
+  WAZZA_MIGRATE_ON_START   false: refuse to start while migrations are pending
+                           (`wazza-hooks migrate` applies them)
   WAZZA_RAW_TOPIC, WAZZA_DLQ_TOPIC, WAZZA_CONSUMER_BATCH_SIZE, WAZZA_DEDUP_RETENTION_SECONDS
 
 examples:
@@ -113,7 +117,12 @@ async def _run(service: object, settings: object, host: str, port: int) -> int:
         server.runtime = opening
         try:
             store = await open_store_when_available(
-                settings.database_url, service.name, stop, opening.unavailable
+                settings.database_url,
+                service.name,
+                stop,
+                opening.unavailable,
+                pool_size=settings.pg_pool_size,
+                migrate=settings.migrate_on_start,
             )
         except StoreError as exc:
             print(f"wazza-consumer: {exc}", file=sys.stderr)

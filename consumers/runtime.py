@@ -120,8 +120,12 @@ async def open_store_when_available(
     service: str,
     stop: asyncio.Event,
     on_unavailable: Callable[[StoreUnavailable], None] = lambda exc: None,
+    *,
+    pool_size: int = 4,
+    migrate: bool = True,
 ) -> Store | None:
-    """The store, opened as soon as it can be; None when `stop` is set first.
+    """The store, opened as soon as it can be (`pool_size`, `migrate`: see `open_store`);
+    None when `stop` is set first.
 
     A store that is down, refusing connections or locked (StoreUnavailable) is waited out on the
     batches' retry schedule, so a consumer started before its database (a compose stack, a pod
@@ -130,7 +134,11 @@ async def open_store_when_available(
     if stop.is_set():
         return None
     return await retrying_store(
-        lambda: open_store(url), service, stop, lambda: "store unavailable at start", on_unavailable
+        lambda: open_store(url, pool_size=pool_size, migrate=migrate),
+        service,
+        stop,
+        lambda: "store unavailable at start",
+        on_unavailable,
     )
 
 
@@ -213,6 +221,7 @@ class ConsumerRuntime:
             client_id=f"{self.group_id}-dlq",
             # Every body the ingester accepts, plus its contract and dead-letter headers.
             max_request_size=self.settings.max_body_bytes + _DLQ_HEADER_ROOM_BYTES,
+            **self.settings.kafka_security.client_options(),
         )
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap_servers,
@@ -223,6 +232,7 @@ class ConsumerRuntime:
             max_poll_records=self.settings.batch_size,
             fetch_max_wait_ms=_FETCH_WAIT_MS,
             metadata_max_age_ms=_METADATA_MAX_AGE_MS,
+            **self.settings.kafka_security.client_options(),
         )
         self._consumer.subscribe([self._topic], listener=_Listener(self))
         try:
@@ -252,7 +262,8 @@ class ConsumerRuntime:
         while not self._stop.is_set():
             try:
                 async with asyncio.timeout(START_TIMEOUT_SECONDS):
-                    await client.start()
+                    if not await self._unless_stopped(client.start()):
+                        return False
                 self._refused = False
                 return True
             except (KafkaError, OSError, TimeoutError) as exc:
@@ -272,6 +283,25 @@ class ConsumerRuntime:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
         return False
+
+    async def _unless_stopped(self, starting: Awaitable[None]) -> bool:
+        """Await a client's start, unless `stop` is set first (then it is cancelled): a group
+        join may take many seconds, and a SIGTERM meanwhile must not wait for it. True when it
+        started."""
+        start = asyncio.ensure_future(starting)
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not start.done():
+                start.cancel()
+                with contextlib.suppress(asyncio.CancelledError, KafkaError, OSError):
+                    await start
+        if start.cancelled():
+            return False
+        start.result()  # its error, if it failed
+        return True
 
     async def _ensure_schema(self) -> bool:
         """The service's own tables, waiting out an unavailable store (another process's

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from wazza_hooks import contract
 from wazza_hooks.config import ConfigError, Env, default_instance_id
+from wazza_hooks.kafka_client import PLAINTEXT, KafkaSecurity
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,17 @@ class ConsumerSettings:
     max_body_bytes: int = 1024 * 1024
     """WAZZA_MAX_BODY_BYTES: the ingester's body limit (the same variable), so that the
     dead-letter producer takes every record the ingester accepted."""
+    pg_pool_size: int = 4
+    """WAZZA_PG_POOL_SIZE: connections to PostgreSQL per process (1..100). A service writes one
+    batch at a time, so a few cover its batch, its health checks and the reconciler; raise it
+    for a user's service that queries on its own."""
+    migrate_on_start: bool = True
+    """WAZZA_MIGRATE_ON_START: apply pending store migrations at start. false: a deployment
+    that runs `wazza-hooks migrate` as its own step; the service then refuses to start (exit 1)
+    while migrations are pending."""
+    kafka_security: KafkaSecurity = PLAINTEXT
+    """KAFKA_SECURITY_PROTOCOL, KAFKA_SSL_*, KAFKA_SASL_*: how the consumer and the dead-letter
+    producer reach the brokers (wazza_hooks/kafka_client.py)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ConsumerSettings:
@@ -58,4 +70,7 @@ class ConsumerSettings:
             max_body_bytes=env.integer(
                 "WAZZA_MAX_BODY_BYTES", 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024
             ),
+            pg_pool_size=env.integer("WAZZA_PG_POOL_SIZE", 4, minimum=1, maximum=100),
+            migrate_on_start=env.flag("WAZZA_MIGRATE_ON_START", True),
+            kafka_security=KafkaSecurity.from_env(environ),
         )

@@ -399,6 +399,7 @@ def build_app(
                 linger_ms=settings.linger_ms,
                 on_connection_change=metrics.set_broker_up,
                 on_batch=state.metrics.batch_records.observe,
+                security=settings.kafka_security,
             ) as producer:
                 state.publisher = producer
                 yield

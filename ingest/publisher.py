@@ -20,6 +20,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import TopicPartition
 
 from wazza_hooks.contract import KafkaHeaders
+from wazza_hooks.kafka_client import PLAINTEXT, KafkaSecurity
 from wazza_hooks.producers import START_TIMEOUT_SECONDS, log_start_failure
 
 log = logging.getLogger("wazza.ingest.publisher")
@@ -197,8 +198,10 @@ class KafkaPublisher:
         linger_ms: int,
         on_connection_change: Callable[[bool], None] = lambda up: None,
         on_batch: Callable[[int], None] = lambda records: None,
+        security: KafkaSecurity = PLAINTEXT,
     ) -> None:
         self._bootstrap = bootstrap_servers
+        self._security = security
         self._client_id = client_id
         self._idempotence = enable_idempotence
         self._linger = linger_ms / 1000
@@ -696,6 +699,7 @@ class KafkaPublisher:
                 linger_ms=0,  # batches are built and lingered here (see publish)
                 max_batch_size=_MAX_BATCH_BYTES,
                 request_timeout_ms=_DELIVERY_TIMEOUT_MS,
+                **self._security.client_options(),
             )
             try:
                 async with asyncio.timeout(START_TIMEOUT_SECONDS):

@@ -35,16 +35,19 @@ _FAST_DEATH_SECONDS = 2.0
 
 _EPILOG = """\
 environment:
-  WAZZA_WEBHOOK_SECRETS            secret(s) registered with Wazza, comma-separated (required)
+  WAZZA_WEBHOOK_SECRETS            secret(s) registered with Wazza, comma-separated (required;
+                                   each at least 24 bytes, no placeholder such as change-me)
   KAFKA_BOOTSTRAP_SERVERS          host:port[,host:port] (default localhost:9092)
   KAFKA_ENABLE_IDEMPOTENCE         true for Apache Kafka, false for the local broker
+  KAFKA_SECURITY_PROTOCOL, KAFKA_SSL_*, KAFKA_SASL_*: TLS and SASL (docs/kafka-security.md)
   WAZZA_SIGNATURE_TOLERANCE_SECONDS, WAZZA_MAX_BODY_BYTES, WAZZA_ALLOWED_IPS,
   WAZZA_TRUSTED_PROXIES, WAZZA_PUBLISH_TIMEOUT_SECONDS, WAZZA_STANDARD_WEBHOOK_SECRETS,
   WAZZA_ALLOW_LEGACY_SIGNATURE, WAZZA_WEBHOOK_PATH, WAZZA_RAW_TOPIC, WAZZA_QUARANTINE_TOPIC:
   see the README.
 
 examples:
-  WAZZA_WEBHOOK_SECRETS=s3cret KAFKA_ENABLE_IDEMPOTENCE=false wazza-ingest --port 8080
+  WAZZA_WEBHOOK_SECRETS=$(openssl rand -hex 32) KAFKA_ENABLE_IDEMPOTENCE=false \\
+      wazza-ingest --port 8080
       (against the local broker, `wazza-hooks broker`, which refuses idempotent producers)
   wazza-ingest --host 0.0.0.0 --port 8080 --workers 4
 """

@@ -7,12 +7,38 @@ from dataclasses import dataclass
 
 from wazza_hooks import contract
 from wazza_hooks.config import ConfigError, Env, Network, Secret, default_instance_id
+from wazza_hooks.kafka_client import PLAINTEXT, KafkaSecurity
 
 from .signature import VerifierConfig, decode_standard_secret
 
 # The sender gives up on an answer after 5 s (its spec: "Return 200 status within 5 seconds"), so a
 # publish must be abandoned, and a 503 sent, well before that.
 _SENDER_DEADLINE_SECONDS = 5.0
+# A webhook secret is an HMAC key that anyone who guesses it can sign with: 24 bytes is 192 bits
+# when random (a generated 32-byte hex or base64 secret passes easily), and refuses the short
+# words people type by hand.
+MIN_SECRET_BYTES = 24
+# Values copied from examples and templates, compared case-insensitively: a deployment that kept
+# one would accept anyone's signature.
+PLACEHOLDER_SECRETS = frozenset(
+    {
+        "change-me",
+        "changeme",
+        "change_me",
+        "changethis",
+        "secret",
+        "your-secret",
+        "your-webhook-secret",
+        "your_webhook_secret",
+        "webhook-secret",
+        "password",
+        "test",
+        "example",
+        "xxx",
+        "todo",
+        "replace-me",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +94,9 @@ class IngestSettings:
     """WAZZA_INSTANCE_ID: names this process in record headers and logs; host:pid by default."""
     log_requests: bool = True
     """WAZZA_LOG_REQUESTS: one JSON line per request outcome on stdout."""
+    kafka_security: KafkaSecurity = PLAINTEXT
+    """KAFKA_SECURITY_PROTOCOL, KAFKA_SSL_*, KAFKA_SASL_*: how the producer reaches the brokers
+    (wazza_hooks/kafka_client.py)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> IngestSettings:
@@ -80,6 +109,8 @@ class IngestSettings:
                 "WAZZA_WEBHOOK_SECRETS is required: the secret(s) registered with Wazza, "
                 "comma-separated"
             )
+        for secret in wazza:
+            _check_strength(secret)
         for secret in standard:
             try:
                 decode_standard_secret(secret.reveal())
@@ -135,6 +166,7 @@ class IngestSettings:
             webhook_path=path,
             instance_id=env.text("WAZZA_INSTANCE_ID", default_instance_id()),
             log_requests=env.flag("WAZZA_LOG_REQUESTS", True),
+            kafka_security=KafkaSecurity.from_env(environ),
         )
 
     def verifier_config(self) -> VerifierConfig:
@@ -146,4 +178,20 @@ class IngestSettings:
             ),
             tolerance_seconds=self.tolerance_seconds,
             allow_legacy=self.allow_legacy_signature,
+        )
+
+
+def _check_strength(secret: Secret) -> None:
+    """Refuse a WAZZA_WEBHOOK_SECRETS entry that is short or a known placeholder; the message
+    names the variable and the rule, never the value."""
+    value = secret.reveal()
+    if value.strip().lower() in PLACEHOLDER_SECRETS:
+        raise ConfigError(
+            "WAZZA_WEBHOOK_SECRETS holds a placeholder value from an example: set the secret "
+            "registered with Wazza (at least 24 random bytes)"
+        )
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"WAZZA_WEBHOOK_SECRETS holds a secret of {len(value.encode())} bytes: each must be "
+            f"at least {MIN_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`)"
         )

@@ -21,7 +21,7 @@ from wazza_hooks.apache_kafka import ApacheKafka, java_and_maven
 from wazza_hooks.localbroker import LocalBroker
 from wazza_hooks.topics import ensure_topics
 
-SECRET = "test-secret-0123456789"
+SECRET = "test-secret-0123456789abcdef"
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 

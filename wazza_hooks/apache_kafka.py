@@ -361,7 +361,9 @@ class ApacheKafka:
 
     A single node needs only `state_dir`. A node of a cluster gets its `node_id`, its
     `controller_port` and the `voters` of all nodes (see `ApacheKafkaCluster`); `overrides` are
-    server properties that replace or add to `server_properties()`.
+    server properties that replace or add to `server_properties()` (a SASL or TLS listener, say);
+    `format_args` are extra arguments of the storage formatter, used when the storage is first
+    formatted (`--add-scram 'SCRAM-SHA-512=[name=alice,password=...]'` creates a SCRAM user).
     """
 
     memory_only = False
@@ -380,6 +382,7 @@ class ApacheKafka:
         cluster_size: int = 1,
         cluster_id: str | None = None,
         overrides: Mapping[str, str] | None = None,
+        format_args: Sequence[str] = (),
     ) -> None:
         self.host = host
         self.port = port if port else free_port(host)
@@ -395,6 +398,7 @@ class ApacheKafka:
         self.cluster_size = cluster_size
         self._cluster_id = cluster_id
         self.overrides = dict(overrides or {})
+        self.format_args = tuple(format_args)
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -477,7 +481,16 @@ class ApacheKafka:
         assert self._log is not None  # noqa: S101 - opened by launch()
         try:
             done = subprocess.run(  # noqa: S603 - the machine's java and our own arguments
-                [*base, _STORAGE_MAIN, "format", "-t", cluster_id, "-c", str(config)],
+                [
+                    *base,
+                    _STORAGE_MAIN,
+                    "format",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(config),
+                    *self.format_args,
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,

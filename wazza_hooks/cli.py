@@ -1,11 +1,12 @@
 """`wazza-hooks`: operator and developer tools.
 
 - `wazza-hooks broker`: the local Kafka-protocol broker in the foreground, with the topics.
-- `wazza-hooks topics ensure`: create the missing topics on any broker, idempotently.
+- `wazza-hooks topics ensure`: create the missing topics with their durability settings.
 - `wazza-hooks dev`: the local stack (broker, ingester, consumers) in one terminal.
 - `wazza-hooks jobs show|list|history`: job state and history from the store.
 - `wazza-hooks send-test|simulate|verify|register`: the sender's side, for testing an endpoint.
 - `wazza-hooks replay|dlq`: move a service back over its history; inspect and redrive dead letters.
+- `wazza-hooks migrate`: apply (or `--show`) the store's pending migrations.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -22,7 +24,18 @@ from . import contract
 from .apache_kafka import TANSU_LACKS, kafka_version, local_broker
 from .config import port_argument
 from .localbroker import BrokerError
-from .topics import DEFAULT_PARTITIONS, TopicError, default_topics, ensure_topics
+from .topics import (
+    DEFAULT_DLQ_RETENTION_DAYS,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_PARTITIONS,
+    DEFAULT_RAW_RETENTION_HOURS,
+    TopicError,
+    TopicsTooWeak,
+    default_topics,
+    ensure_topics,
+    local_topic_configs,
+    topic_configs,
+)
 
 SENDER_COMMANDS = ("send-test", "simulate", "verify", "register")
 OPS_COMMANDS = ("replay", "dlq")
@@ -73,11 +86,19 @@ def _parser() -> argparse.ArgumentParser:
     topics_sub = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
     ensure = topics_sub.add_parser(
         "ensure",
-        help="create the missing topics (idempotent)",
-        description="Create the raw, quarantine and dead-letter topics where missing.",
+        help="create the missing topics (idempotent), check their durability settings",
+        description=(
+            "Create the raw, quarantine and dead-letter topics where missing, with "
+            "min.insync.replicas = min(2, replicas), their retention and a record size above "
+            "the ingester's body limit. An existing topic with a weaker setting is refused "
+            "(exit 1, one line per setting) unless --fix, which alters it; a partition count "
+            "is never changed, only reported. The broker's TLS and SASL settings come from "
+            "KAFKA_SECURITY_PROTOCOL, KAFKA_SSL_* and KAFKA_SASL_* (docs/kafka-security.md)."
+        ),
         epilog=(
             "examples:\n  wazza-hooks topics ensure --bootstrap-servers localhost:9092\n"
-            "  wazza-hooks topics ensure --partitions 24 --replication-factor 3"
+            "  wazza-hooks topics ensure --partitions 24 --replication-factor 3\n"
+            "  wazza-hooks topics ensure --replication-factor 3 --fix"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -98,6 +119,31 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         help="replicas of a topic it creates (default 1; 3 on a production cluster)",
     )
+    ensure.add_argument(
+        "--raw-retention-hours",
+        type=_bounded(1, 24 * 3650),
+        default=DEFAULT_RAW_RETENTION_HOURS,
+        help="retention of the raw and quarantine topics: at least the consumers' dedup "
+        f"window (default {DEFAULT_RAW_RETENTION_HOURS}, 7 days)",
+    )
+    ensure.add_argument(
+        "--dlq-retention-days",
+        type=_bounded(1, 3650),
+        default=DEFAULT_DLQ_RETENTION_DAYS,
+        help=f"retention of the dead-letter topic (default {DEFAULT_DLQ_RETENTION_DAYS})",
+    )
+    ensure.add_argument(
+        "--max-body-bytes",
+        type=_bounded(1024, 64 * 1024 * 1024),
+        default=None,
+        help="the ingester's body limit; records may be this plus 64 KiB of headers "
+        f"(default: $WAZZA_MAX_BODY_BYTES or {DEFAULT_MAX_BODY_BYTES})",
+    )
+    ensure.add_argument(
+        "--fix",
+        action="store_true",
+        help="alter existing topics whose settings are weaker than asked",
+    )
     ensure.add_argument("--raw-topic", default=contract.RAW_TOPIC)
     ensure.add_argument("--quarantine-topic", default=contract.QUARANTINE_TOPIC)
     ensure.add_argument("--dlq-topic", default=contract.DLQ_TOPIC)
@@ -117,6 +163,10 @@ def _parser() -> argparse.ArgumentParser:
     from .ops_args import add_ops_parsers
 
     add_ops_parsers(sub)
+
+    from .migrate_cli import add_migrate_parser
+
+    add_migrate_parser(sub)
     return parser
 
 
@@ -141,6 +191,19 @@ def _partitions(text: str) -> int:
     return value
 
 
+def _bounded(lowest: int, highest: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not lowest <= value <= highest:
+            raise argparse.ArgumentTypeError(f"{value} must be between {lowest} and {highest}")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `wazza-hooks`; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -161,10 +224,22 @@ def main(argv: list[str] | None = None) -> int:
             from .sender_cli import run_sender
 
             return run_sender(args)
+        if args.command == "migrate":
+            from .migrate_cli import run_migrate
+
+            return run_migrate(args)
         if args.command in OPS_COMMANDS:
             from .ops_cli import run_ops
 
             return run_ops(args)
+    except TopicsTooWeak as exc:
+        for problem in exc.problems:
+            print(f"wazza-hooks: {problem}", file=sys.stderr)
+        print(
+            "wazza-hooks: topics weaker than asked; `wazza-hooks topics ensure --fix` alters them",
+            file=sys.stderr,
+        )
+        return 1
     except (BrokerError, TopicError) as exc:
         print(f"wazza-hooks: {exc}", file=sys.stderr)
         return 1
@@ -188,8 +263,15 @@ def _broker(args: argparse.Namespace) -> int:
         print(f"wazza-hooks: Tansu, not Apache Kafka: {fallback}. {TANSU_LACKS}.", flush=True)
     broker.start()
     try:
+        configs = local_topic_configs(broker.memory_only)
         statuses = asyncio.run(
-            ensure_topics(broker.bootstrap_servers, default_topics(args.partitions))
+            ensure_topics(
+                broker.bootstrap_servers,
+                default_topics(args.partitions),
+                configs=configs,
+                # The local broker's own topics: raised to what this code asks, never refused.
+                fix=True,
+            )
         )
         if broker.memory_only:
             print(f"local broker (Tansu, memory only) on {broker.bootstrap_servers}", flush=True)
@@ -225,8 +307,22 @@ def _broker(args: argparse.Namespace) -> int:
 
 
 def _topics_ensure(args: argparse.Namespace) -> int:
+    import logging
     import os
 
+    from .config import ConfigError, Env
+    from .kafka_client import KafkaSecurity
+
+    try:
+        security = KafkaSecurity.from_env()
+        max_body = args.max_body_bytes or Env().integer(
+            "WAZZA_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1024, maximum=64 * 1024 * 1024
+        )
+    except ConfigError as exc:
+        print(f"wazza-hooks: {exc}", file=sys.stderr)
+        return 2
+    # aiokafka logs each failed connection attempt; the command's own line says it all.
+    logging.getLogger("aiokafka").addHandler(logging.NullHandler())
     bootstrap = args.bootstrap_servers or os.environ.get(
         "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"
     )
@@ -235,12 +331,34 @@ def _topics_ensure(args: argparse.Namespace) -> int:
         args.quarantine_topic: args.partitions,
         args.dlq_topic: args.partitions,
     }
-    statuses = asyncio.run(ensure_topics(bootstrap, topics, args.replication_factor))
+    configs = topic_configs(
+        args.raw_topic,
+        args.quarantine_topic,
+        args.dlq_topic,
+        replication_factor=args.replication_factor,
+        raw_retention_hours=args.raw_retention_hours,
+        dlq_retention_days=args.dlq_retention_days,
+        max_body_bytes=max_body,
+    )
+    statuses = asyncio.run(
+        ensure_topics(
+            bootstrap,
+            topics,
+            args.replication_factor,
+            configs=configs,
+            fix=args.fix,
+            security=security,
+        )
+    )
     for status in statuses:
         what = "created" if status.created else "exists"
         note = ""
         if not status.created and status.partitions != args.partitions:
             note = f" (not {args.partitions}: partitions are never changed by this command)"
+        if status.fixed:
+            note += f"; altered: {', '.join(status.fixed)}"
+        if not status.configs_checked:
+            note += "; settings not checked (the broker does not describe configs)"
         print(f"{status.name}: {what}, {status.partitions} partitions{note}")
     return 0
 

@@ -117,6 +117,12 @@ class Env:
         """Comma-separated secrets. Never echoes a value in an error."""
         return tuple(Secret(item) for item in self.items(name))
 
+    def secret(self, name: str) -> Secret | None:
+        """One secret, taken whole (commas and spaces are part of a password); None when unset
+        or empty. Never echoes the value in an error."""
+        value = self._env.get(name, "")
+        return Secret(value) if value.strip() else None
+
     def networks(self, name: str) -> tuple[Network, ...]:
         """Comma-separated IP addresses or CIDR blocks."""
         nets: list[Network] = []

@@ -29,6 +29,7 @@ from aiokafka.errors import KafkaError
 from consumers.store import Store
 
 from . import contract
+from .kafka_client import PLAINTEXT, KafkaSecurity
 from .ops_io import (
     BROKER_TIMEOUT_SECONDS,
     OpsError,
@@ -120,12 +121,12 @@ def parse_id(text: str) -> tuple[int, int]:
 
 
 async def read_dead_letters(
-    bootstrap_servers: str, topic: str, group_prefix: str
+    bootstrap_servers: str, topic: str, group_prefix: str, security: KafkaSecurity = PLAINTEXT
 ) -> list[DeadLetterRecord]:
     """Every record of the dead-letter topic, from the first held to the end as it is now,
     in (partition, offset) order; read by assignment, without a consumer group."""
     found: list[DeadLetterRecord] = []
-    async with broker_reader(bootstrap_servers) as consumer:
+    async with broker_reader(bootstrap_servers, security) as consumer:
         partitions = await partitions_of(consumer, topic)
         starts, ends = await offset_bounds(consumer, partitions)
         todo = [tp for tp in partitions if ends[tp.partition] > starts[tp.partition]]
@@ -248,6 +249,7 @@ async def redrive(
     dlq_topic: str,
     records: Sequence[DeadLetterRecord],
     known: Sequence[str],
+    security: KafkaSecurity = PLAINTEXT,
 ) -> list[RedriveResult]:
     """Redrive each record (see the module docstring); records come with their redrives."""
     results: list[RedriveResult] = []
@@ -274,7 +276,7 @@ async def redrive(
         pending.append((record, record.service, record.envelope.event_id))
     if pending:
         results += await _send_back(
-            store, bootstrap_servers, enable_idempotence, raw_topic, dlq_topic, pending
+            store, bootstrap_servers, enable_idempotence, raw_topic, dlq_topic, pending, security
         )
     return sorted(results, key=lambda r: (r.record.partition, r.record.offset))
 
@@ -286,10 +288,11 @@ async def _send_back(
     raw_topic: str,
     dlq_topic: str,
     pending: list[tuple[DeadLetterRecord, str, str]],
+    security: KafkaSecurity,
 ) -> list[RedriveResult]:
     """Steps 1 to 3 of the module docstring for each record, in order."""
     results: list[RedriveResult] = []
-    async with broker_writer(bootstrap_servers, enable_idempotence) as producer:
+    async with broker_writer(bootstrap_servers, enable_idempotence, security) as producer:
         for record, service, event_id in pending:
             state = await claim_redrive(store, dlq_topic, record, service, event_id)
             if state == ALREADY_REDRIVEN:

@@ -22,8 +22,9 @@ from typing import IO, Any
 
 from . import contract
 from .apache_kafka import TANSU_LACKS, local_broker
+from .kafka_client import PLAINTEXT
 from .localbroker import port_in_use
-from .topics import DEFAULT_PARTITIONS, default_topics, ensure_topics
+from .topics import DEFAULT_PARTITIONS, default_topics, ensure_topics, local_topic_configs
 
 # The store the jobs and sender commands read by default: the same file.
 DEFAULT_STORE = "sqlite:///./var/wazza.db"
@@ -36,6 +37,8 @@ _COLOURS = {
     "progress": "\033[33m",
 }
 _SERVICES = ("completion", "failure", "progress")
+# The variables of wazza_hooks/kafka_client.py, kept from the stack's services.
+_SECURITY_VARIABLES = ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SSL_", "KAFKA_SASL_")
 _RESET = "\033[0m"
 # The ingester's own graceful stop is bounded by its shutdown timeout (10 s) plus the flush.
 _STOP_SECONDS = 15.0
@@ -134,9 +137,19 @@ def run_dev(args: argparse.Namespace) -> int:
     broker.start()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        asyncio.run(ensure_topics(broker.bootstrap_servers, default_topics(args.partitions)))
+        asyncio.run(
+            ensure_topics(
+                broker.bootstrap_servers,
+                default_topics(args.partitions),
+                configs=local_topic_configs(broker.memory_only),
+                fix=True,
+            )
+        )
         env = {
-            **os.environ,
+            # The local broker listens in plaintext: TLS or SASL settings exported for a real
+            # cluster would only keep the stack's services from reaching it.
+            **{k: v for k, v in os.environ.items() if not k.startswith(_SECURITY_VARIABLES)},
+            "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
             "WAZZA_WEBHOOK_SECRETS": secret,
             "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             # Tansu refuses InitProducerId; Apache Kafka keeps the production default (on).
@@ -219,7 +232,10 @@ async def _records_left(bootstrap: str, store_url: str) -> dict[str, int]:
         stored = {s: await stored_offsets(store, s, contract.RAW_TOPIC) for s in _SERVICES}
     finally:
         await store.close()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    # The local broker's own listener: plaintext (see run_dev).
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **PLAINTEXT.client_options()
+    )
     await consumer.start()
     try:
         # Fresh metadata: the consumer's cache holds only the topics it tracks (none here).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 import sys
 import time
 from typing import IO, Any
@@ -89,6 +90,30 @@ class _LineHandler(logging.Handler):
         self._lines.write_now(self.format(record).encode() + b"\n")
 
 
+class _RefusedConnections(logging.Filter):
+    """Of aiokafka's records, keeps only the connection failures that are the broker refusing
+    this client's credentials or certificate, rewritten to name the settings to check; every
+    other record passes untouched."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("aiokafka"):
+            return True
+        from aiokafka.errors import AuthenticationFailedError, SaslAuthenticationFailed
+
+        args = record.args if isinstance(record.args, tuple) else ()
+        cause = args[-1] if args else None
+        if isinstance(cause, SaslAuthenticationFailed | AuthenticationFailedError):
+            what = "refused the login (check KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD)"
+        elif isinstance(cause, ssl.SSLError):
+            what = "refused the TLS handshake (check KAFKA_SSL_* and the broker's certificate)"
+        else:
+            return False
+        host, port = (args[0], args[1]) if len(args) >= 3 else ("?", "?")
+        record.msg = "authentication failed: the broker %s:%s %s: %s"
+        record.args = (host, port, what, cause)
+        return True
+
+
 def setup_logging(service: str, level: str = "INFO") -> JsonLines:
     """Send `logging` output as JSON lines to stdout; returns the writer for hot-path lines."""
     lines = JsonLines()
@@ -98,7 +123,11 @@ def setup_logging(service: str, level: str = "INFO") -> JsonLines:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # aiokafka logs every failed reconnect at ERROR with a traceback; our own lines say it once.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    # Except a refused login or TLS handshake: the client then only says it cannot bootstrap,
+    # which reads like a broker that is down, while aiokafka's own line (no traceback) names the
+    # cause. The handler lets that one through, rewritten, and drops aiokafka's others.
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    handler.addFilter(_RefusedConnections())
     # asyncpg's pool logs each failed reconnect with a traceback; the consumer's own line says
     # the store is unreachable and that it retries.
     logging.getLogger("asyncpg").setLevel(logging.ERROR)

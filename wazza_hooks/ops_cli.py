@@ -128,7 +128,7 @@ async def _replay(args: argparse.Namespace, settings: ConsumerSettings) -> int:
 
     since_ms = None if args.since is None else parse_time(args.since, int(time.time() * 1000))
     async with store_at(settings.database_url) as store:
-        async with broker_reader(settings.bootstrap_servers) as consumer:
+        async with broker_reader(settings.bootstrap_servers, settings.kafka_security) as consumer:
             partitions = await partitions_of(consumer, settings.raw_topic)
             log_starts, _ = await offset_bounds(consumer, partitions)
         plan = await plan_replay(store, args.service, settings.raw_topic, log_starts, since_ms)
@@ -187,7 +187,10 @@ async def _dlq_list(args: argparse.Namespace, settings: ConsumerSettings) -> int
 
     async with store_at(settings.database_url) as store:
         records = await read_dead_letters(
-            settings.bootstrap_servers, settings.dlq_topic, settings.group_prefix
+            settings.bootstrap_servers,
+            settings.dlq_topic,
+            settings.group_prefix,
+            settings.kafka_security,
         )
         if args.service is not None:
             records = [r for r in records if r.service == args.service]
@@ -258,7 +261,10 @@ async def _dlq_redrive(args: argparse.Namespace, settings: ConsumerSettings) -> 
         if args.service is not None and args.service not in known:
             raise unknown_service(args.service, settings.raw_topic, known)
         records = await read_dead_letters(
-            settings.bootstrap_servers, settings.dlq_topic, settings.group_prefix
+            settings.bootstrap_servers,
+            settings.dlq_topic,
+            settings.group_prefix,
+            settings.kafka_security,
         )
         by_id = {(r.partition, r.offset): r for r in records}
         missing = [f"{p}:{o}" for p, o in wanted if (p, o) not in by_id]
@@ -277,6 +283,7 @@ async def _dlq_redrive(args: argparse.Namespace, settings: ConsumerSettings) -> 
             settings.dlq_topic,
             records,
             known,
+            settings.kafka_security,
         )
     failed = any(r.result in (NOT_REDRIVABLE, NOT_RECORDED_YET) for r in results)
     if args.json:

@@ -16,6 +16,7 @@ from aiokafka.errors import KafkaError
 from consumers.store import Store, StoreError, Tx, open_store
 
 from .jobs_cli import redacted
+from .kafka_client import PLAINTEXT, KafkaSecurity
 from .producers import refusal, start_problem
 
 # A reachable broker answers metadata and offset requests in milliseconds; an unreachable one is
@@ -81,7 +82,9 @@ def unknown_service(service: str, topic: str, known: list[str]) -> OpsError:
 
 
 @asynccontextmanager
-async def broker_reader(bootstrap_servers: str) -> AsyncIterator[AIOKafkaConsumer]:
+async def broker_reader(
+    bootstrap_servers: str, security: KafkaSecurity = PLAINTEXT
+) -> AsyncIterator[AIOKafkaConsumer]:
     """A started consumer without a group: it reads by assignment and never commits."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
@@ -91,6 +94,7 @@ async def broker_reader(bootstrap_servers: str) -> AsyncIterator[AIOKafkaConsume
         # the end (the reader would then never reach the end offsets it was given).
         auto_offset_reset="earliest",
         request_timeout_ms=int(BROKER_TIMEOUT_SECONDS * 1000),
+        **security.client_options(),
     )
     await _start(consumer, bootstrap_servers)
     try:
@@ -101,7 +105,7 @@ async def broker_reader(bootstrap_servers: str) -> AsyncIterator[AIOKafkaConsume
 
 @asynccontextmanager
 async def broker_writer(
-    bootstrap_servers: str, enable_idempotence: bool
+    bootstrap_servers: str, enable_idempotence: bool, security: KafkaSecurity = PLAINTEXT
 ) -> AsyncIterator[AIOKafkaProducer]:
     """A started producer with `acks=all`, as the ingester publishes."""
     producer = AIOKafkaProducer(
@@ -109,6 +113,7 @@ async def broker_writer(
         acks="all",
         enable_idempotence=enable_idempotence,
         request_timeout_ms=int(BROKER_TIMEOUT_SECONDS * 1000),
+        **security.client_options(),
     )
     await _start(producer, bootstrap_servers, idempotent=enable_idempotence)
     try:

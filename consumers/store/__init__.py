@@ -88,14 +88,18 @@ class Store(Protocol):
         """Release connections."""
 
 
-async def open_store(url: str) -> Store:
-    """Connect, apply migrations, return the store; raises StoreError naming the problem."""
+async def open_store(url: str, *, pool_size: int = 4, migrate: bool = True) -> Store:
+    """Connect, apply migrations, return the store; raises StoreError naming the problem.
+
+    `pool_size`: connections to PostgreSQL (WAZZA_PG_POOL_SIZE; SQLite has one). `migrate`
+    False: apply nothing, and raise `migrations.MigrationsPending` when the store lacks a
+    migration (WAZZA_MIGRATE_ON_START=false)."""
     if url.startswith("sqlite:"):
         from .sqlite import SqliteStore
 
-        return await SqliteStore.open(url)
+        return await SqliteStore.open(url, migrate=migrate)
     if url.startswith(("postgresql:", "postgres:")):
         from .postgres import PostgresStore
 
-        return await PostgresStore.open(url)
+        return await PostgresStore.open(url, pool_size=pool_size, migrate=migrate)
     raise StoreError(f"DATABASE_URL must start with sqlite:/// or postgresql://, got {url[:20]!r}")

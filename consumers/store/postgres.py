@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from . import Column, StoreError, StoreUnavailable
+from .migrations import require_current
 from .schema import MIGRATIONS, VERSION_TABLE
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -164,13 +165,15 @@ class PostgresStore:
         self._pool = pool
 
     @classmethod
-    async def open(cls, url: str) -> PostgresStore:
+    async def open(cls, url: str, *, pool_size: int = 4, migrate: bool = True) -> PostgresStore:
+        """Connect with a pool of up to `pool_size` connections and apply pending migrations
+        (or, with `migrate` False, raise MigrationsPending when there are any)."""
         dsn = "postgresql:" + url.split(":", 1)[1] if url.startswith("postgres:") else url
         try:
             pool = await asyncpg.create_pool(
                 dsn,
                 min_size=1,
-                max_size=4,
+                max_size=pool_size,
                 timeout=_CONNECT_TIMEOUT_SECONDS,
                 server_settings=_SESSION,
             )
@@ -188,12 +191,17 @@ class PostgresStore:
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
                 await conn.execute(VERSION_TABLE)
                 current = await conn.fetchval("SELECT MAX(version) FROM schema_version") or 0
+                if not migrate:
+                    require_current(current, _redacted(url))
                 for number, statements in enumerate(MIGRATIONS, start=1):
                     if number <= current:
                         continue
                     for statement in statements:
                         await conn.execute(statement)
                     await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", number)
+        except StoreError:
+            await pool.close()
+            raise
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
             await pool.close()
             raise StoreError(f"cannot migrate PostgreSQL at {_redacted(url)}: {exc}") from exc

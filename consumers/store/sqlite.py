@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import Column, StoreError, StoreUnavailable
+from .migrations import require_current, sqlite_version
 from .schema import MIGRATIONS, VERSION_TABLE
 
 # How long a transaction waits for the write lock: long enough to ride out other services' batch
@@ -124,7 +125,7 @@ class SqliteStore:
         self._conn = conn
 
     @classmethod
-    async def open(cls, url: str) -> SqliteStore:
+    async def open(cls, url: str, *, migrate: bool = True) -> SqliteStore:
         path = sqlite_path(url)
         conn: sqlite3.Connection | None = None
         try:
@@ -141,7 +142,10 @@ class SqliteStore:
             # every batch.
             conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
             conn.execute(VERSION_TABLE)
-            _migrate(conn)  # at the start: waiting the full busy timeout here is fine
+            if migrate:
+                _migrate(conn)  # at the start: waiting the full busy timeout here is fine
+            else:
+                require_current(sqlite_version(conn), str(path))
             conn.execute(f"PRAGMA busy_timeout={_BLOCKING_WAIT_MS}")
         except (sqlite3.Error, OSError) as exc:
             if conn is not None:

@@ -275,6 +275,19 @@ async def test_a_producer_start_that_never_ends_is_bounded_logged_and_retried(
     assert time.monotonic() - started < 30
 
 
+async def test_a_stop_during_a_start_that_hangs_ends_the_service_at_once(store: Store) -> None:
+    """A start that does not end (a broker whose advertised address leads nowhere) is not waited
+    out when the service is told to stop: a SIGTERM during a slow group join must not take the
+    whole start bound (30 s)."""
+    with broker_advertising_a_dead_end() as bootstrap:
+        settings = helpers.settings_for(bootstrap, "deadend.raw", "deadend.dlq")
+        async with running(store, settings, BUILTIN["completion"]) as [runtime]:
+            await asyncio.sleep(1.0)  # inside the producer's start now
+            assert runtime.not_ready() == "not_joined"
+            stopping = time.monotonic()
+        assert time.monotonic() - stopping < 3
+
+
 # --- another log under the stored offsets (invariant 7) --------------------------------------
 
 

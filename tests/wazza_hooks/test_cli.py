@@ -151,13 +151,13 @@ async def test_broker_serves_the_three_topics_and_takes_tansu_along_on_ctrl_c() 
         body = completed_body(f"job_{uuid.uuid4().hex[:12]}")
         with running(
             [str(BIN / "wazza-ingest"), "--port", str(ingest_port)],
-            subprocess_env(WAZZA_WEBHOOK_SECRETS="s3cret", **settings),
+            subprocess_env(WAZZA_WEBHOOK_SECRETS="s3cret-s3cret-s3cret-s3cret", **settings),
         ) as ingester:
             url = f"http://127.0.0.1:{ingest_port}/api/webhooks/wazza"
             await wait_until(lambda: port_in_use("127.0.0.1", ingest_port), START_SECONDS, "it")
             async with aiohttp.ClientSession() as http:
                 for _ in range(100):  # until it has connected to the broker
-                    headers = sign_wazza("s3cret", body, int(time.time()))
+                    headers = sign_wazza("s3cret-s3cret-s3cret-s3cret", body, int(time.time()))
                     async with http.post(url, data=body, headers=headers) as resp:
                         if resp.status == 200:
                             break
