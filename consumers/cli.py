@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 
-from wazza_hooks.config import ConfigError, port_argument
+from wazza_hooks.config import ConfigError, port_argument, version
 
 _EPILOG = """\
 services:
@@ -37,24 +37,34 @@ examples:
 _DEFAULT_PORTS = {"completion": 9101, "failure": 9102, "progress": 9103}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `wazza-consumer`; returns the exit code."""
-    parser = argparse.ArgumentParser(
+def parser() -> argparse.ArgumentParser:
+    """The command line of `wazza-consumer`."""
+    parsed = argparse.ArgumentParser(
         prog="wazza-consumer",
         description="Run a consumer service: effectively-once job state from the raw topic.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("service", help="completion, failure, progress or package.module:name")
-    parser.add_argument(
+    parsed.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parsed.add_argument("service", help="completion, failure, progress or package.module:name")
+    parsed.add_argument(
         "--metrics-port",
         type=port_argument(note="; 0: none"),
         default=None,
         help="port of /metrics, /healthz and /readyz (default 9101-9103 by service, else 9100; "
         "0: none)",
     )
-    parser.add_argument("--metrics-host", default="127.0.0.1")
-    args = parser.parse_args(argv)
+    parsed.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of /metrics, /healthz and /readyz (default 127.0.0.1; 0.0.0.0 in a pod)",
+    )
+    return parsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `wazza-consumer`; returns the exit code."""
+    args = parser().parse_args(argv)
 
     from .service import ServiceError, load_service
     from .settings import ConsumerSettings

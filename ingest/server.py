@@ -21,7 +21,7 @@ import time
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from wazza_hooks.config import ConfigError, port_argument
+from wazza_hooks.config import ConfigError, port_argument, version
 
 if TYPE_CHECKING:  # the settings import stays lazy: see _supervise and multiprocess metrics
     from .settings import IngestSettings
@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument(
         "--port", type=port_argument(), default=8080, help="port to bind (default 8080)"

@@ -22,7 +22,7 @@ from types import FrameType
 
 from . import contract
 from .apache_kafka import TANSU_LACKS, kafka_version, local_broker
-from .config import port_argument
+from .config import port_argument, version
 from .localbroker import BrokerError
 from .topics import (
     DEFAULT_DLQ_RETENTION_DAYS,
@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Tools for running and operating wazza-hooks.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     broker = sub.add_parser(
@@ -144,9 +145,21 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="alter existing topics whose settings are weaker than asked",
     )
-    ensure.add_argument("--raw-topic", default=contract.RAW_TOPIC)
-    ensure.add_argument("--quarantine-topic", default=contract.QUARANTINE_TOPIC)
-    ensure.add_argument("--dlq-topic", default=contract.DLQ_TOPIC)
+    ensure.add_argument(
+        "--raw-topic",
+        default=contract.RAW_TOPIC,
+        help=f"the raw topic's name (default {contract.RAW_TOPIC}; the services' WAZZA_RAW_TOPIC)",
+    )
+    ensure.add_argument(
+        "--quarantine-topic",
+        default=contract.QUARANTINE_TOPIC,
+        help=f"the quarantine topic's name (default {contract.QUARANTINE_TOPIC})",
+    )
+    ensure.add_argument(
+        "--dlq-topic",
+        default=contract.DLQ_TOPIC,
+        help=f"the dead-letter topic's name (default {contract.DLQ_TOPIC})",
+    )
 
     from .devstack import add_dev_parser
 
@@ -258,6 +271,7 @@ def _broker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, stop)  # a closed terminal stops it as Ctrl-C does
     broker, fallback = local_broker(args.engine, args.var, args.port, args.host)
     if fallback is not None:
         print(f"wazza-hooks: Tansu, not Apache Kafka: {fallback}. {TANSU_LACKS}.", flush=True)

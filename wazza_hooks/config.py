@@ -134,6 +134,23 @@ class Env:
         return tuple(nets)
 
 
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """`1 attempt`, `5 attempts`: a count and its noun (`many` where the plural is not noun+s),
+    for messages people read."""
+    return f"{count} {noun}" if count == 1 else f"{count} {many or noun + 's'}"
+
+
+def version() -> str:
+    """This installation's version (the package metadata), for `--version`."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("wazza-hooks")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def default_instance_id() -> str:
     """host:pid, which tells replicas and worker processes apart in headers and logs."""
     return f"{socket.gethostname()}:{os.getpid()}"

@@ -66,7 +66,12 @@ def add_dev_parser(sub: Any) -> None:
     dev.add_argument("--port", type=int, default=8080, help="the ingester's port (default 8080)")
     dev.add_argument("--broker-port", type=int, default=9092, help="the broker's port (9092)")
     dev.add_argument("--ingesters", type=int, default=1, help="ingester worker processes (1)")
-    dev.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS)
+    dev.add_argument(
+        "--partitions",
+        type=int,
+        default=DEFAULT_PARTITIONS,
+        help=f"partitions of each topic it creates (default {DEFAULT_PARTITIONS})",
+    )
     dev.add_argument("--var", type=Path, default=Path("var"), help="state folder (./var)")
     dev.add_argument(
         "--store",
@@ -131,6 +136,9 @@ def run_dev(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    # A closed terminal stops the stack as Ctrl-C does: its processes run in sessions of their
+    # own, out of the terminal's reach, and would otherwise be left running on their ports.
+    signal.signal(signal.SIGHUP, stop)
     broker, fallback = local_broker(args.engine, args.var, args.broker_port)
     if fallback is not None:
         print(f"wazza-hooks dev: Tansu, not Apache Kafka: {fallback}. {TANSU_LACKS}.", flush=True)

@@ -76,7 +76,7 @@ def add_jobs_parser(sub: Any) -> None:
         help="one job's state",
         description="Print one job's state; exit 1 when the store has no such job.",
     )
-    show.add_argument("job_id", metavar="JOB_ID")
+    show.add_argument("job_id", metavar="JOB_ID", help="the job id Wazza gave (jobId)")
     listing = actions.add_parser(
         "list",
         parents=[common],
@@ -99,7 +99,7 @@ def add_jobs_parser(sub: Any) -> None:
             "outcome (applied, stale, conflict, dead_lettered), by event time then applied time."
         ),
     )
-    history.add_argument("job_id", metavar="JOB_ID")
+    history.add_argument("job_id", metavar="JOB_ID", help="the job id Wazza gave (jobId)")
 
 
 def _limit(text: str) -> int:

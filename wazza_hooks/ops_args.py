@@ -25,13 +25,13 @@ examples:
   wazza-hooks dlq list
   wazza-hooks dlq list --service completion --json
   wazza-hooks dlq redrive --id 3:17 --id 5:2
-  wazza-hooks dlq redrive --service picky
+  wazza-hooks dlq redrive --service completion
 """
 
 _REDRIVE_EPILOG = """\
 examples:
   wazza-hooks dlq redrive --id 3:17          one dead letter (ids as `dlq list` prints them)
-  wazza-hooks dlq redrive --service picky    every dead letter of one service
+  wazza-hooks dlq redrive --service completion    every dead letter of one service
   wazza-hooks dlq redrive                    every dead letter not yet redriven
 
 Fix the cause first (deploy the handler that failed). Each dead letter is sent back to the raw
@@ -108,7 +108,9 @@ def add_ops_parsers(sub: Any) -> None:
             "group): its id PARTITION:OFFSET, the service, the error, the original position, "
             "the event and whether it was redriven."
         ),
-        epilog="examples:\n  wazza-hooks dlq list\n  wazza-hooks dlq list --service picky --json",
+        epilog=(
+            "examples:\n  wazza-hooks dlq list\n  wazza-hooks dlq list --service completion --json"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     listing.add_argument("--service", help="only this service's dead letters")

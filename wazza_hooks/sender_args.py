@@ -186,7 +186,13 @@ def add_sender_parsers(sub: Any) -> None:
         ),
         formatter_class=raw,
     )
-    verify.add_argument("--expect", type=Path, required=True, metavar="FILE")
+    verify.add_argument(
+        "--expect",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the expect file `simulate --expect FILE` wrote",
+    )
     verify.add_argument(
         "--database-url",
         default=None,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from . import sender
+from .config import plural
 from .sender_args import DEFAULT_DATABASE_URL
 from .sender_register import register_webhook
 
@@ -165,8 +166,8 @@ def _simulate(args: argparse.Namespace) -> int:
             print(f"    undetermined {e.job_id}: {e.undetermined}")
     if tally.given_up:
         print(
-            f"wazza-hooks simulate: {len(tally.given_up)} deliveries given up after "
-            f"{run_options.attempts} attempts",
+            f"wazza-hooks simulate: {plural(len(tally.given_up), 'delivery', 'deliveries')} "
+            f"given up after {plural(run_options.attempts, 'attempt')}",
             file=sys.stderr,
         )
         return 1

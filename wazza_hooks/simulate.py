@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from . import sender
+from .config import plural
 from .sender_plan import JobPlan
 
 # The spec: "After 5 failed attempts, the webhook is marked as failed".
@@ -133,7 +134,7 @@ class Tally:
         out: dict[str, dict[int, str]] = {}
         for g in self.given_up:
             if g.maybe_landed and g.index not in self.landed.get(g.job_id, ()):
-                why = f"given up after {g.attempts} attempts (last: {g.last})"
+                why = f"given up after {plural(g.attempts, 'attempt')} (last: {g.last})"
                 out.setdefault(g.job_id, {})[g.index] = why
         return out
 
@@ -283,7 +284,7 @@ class Simulation:
         ] += 1
         hint = sender.refusal_hint(answer)
         if hint is not None:
-            raise Aborted(f"{hint}; stopped after {tally.attempts} attempts")
+            raise Aborted(f"{hint}; stopped after {plural(tally.attempts, 'attempt')}")
         if answer.ok:
             if answer.quarantined():
                 tally.quarantined += 1

@@ -392,6 +392,30 @@ async def test_dev_on_the_memory_only_broker_drains_on_ctrl_c_and_applies_every_
     assert again.returncode == 0, again
 
 
+async def test_dev_stops_whole_when_its_terminal_closes(tmp_path: Path) -> None:
+    """SIGHUP (the terminal closed) stops the stack as Ctrl-C does: nothing is left running on
+    its ports, where the next `make run` would find them busy."""
+    port, broker_port = two_free_ports()
+    metrics_port = free_metrics_ports()
+    dev_argv = hooks(
+        "dev", "--engine", "tansu", "--port", port, "--broker-port", broker_port,
+        "--metrics-port", metrics_port,
+    )  # fmt: skip
+    with running(dev_argv, env=subprocess_env(), cwd=tmp_path) as dev:
+        await dev_ready(dev, port)
+        stack = dev.descendants()
+        assert len(stack) >= 5, f"expected the broker, the ingester and three consumers: {stack}"
+        os.kill(dev.pid, signal.SIGHUP)
+        assert await dev.wait_exit(60) == 0, dev.output()
+        assert "Traceback" not in dev.output(), dev.output()
+    ports = (port, broker_port, metrics_port, metrics_port + 1, metrics_port + 2)
+    await wait_until(
+        lambda: not any(port_in_use("127.0.0.1", p) for p in ports), 5, "the ports to be free"
+    )
+    left = {pid for pid in stack if alive(pid)}
+    assert not left, f"processes of the stack still running: {left}"
+
+
 # --- help -------------------------------------------------------------------------------------
 
 
