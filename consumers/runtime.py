@@ -79,6 +79,9 @@ _RECONCILE_SECONDS = 1.0
 # started over is noticed even where no batch's offset guard would (a new log that grew past
 # the stored offsets): two small requests, and a reset within seconds.
 _IDENTITY_SECONDS = 5.0
+# A busy service says what it did once a minute (one line: a person reading the log sees it is
+# alive and what it applies, without a line per event).
+_SUMMARY_SECONDS = 60.0
 # A topic id or end offsets unknown within this long are left unchecked until the next time.
 _IDENTITY_TIMEOUT_SECONDS = 5.0
 
@@ -182,6 +185,8 @@ class ConsumerRuntime:
         self._producer: AIOKafkaProducer | None = None
         self._topic_id: str | None = None
         """The raw topic's id as last reported by the broker (None: not known)."""
+        self._done: collections.Counter[str] = collections.Counter()
+        """Outcomes counted since the last summary line."""
         self._beyond_end: dict[int, int] = {}
         """Partitions whose stored offset lay beyond their log's end at the last check, with
         that offset: a second sighting resets them (`_reset_other_logs`)."""
@@ -235,6 +240,14 @@ class ConsumerRuntime:
             **self.settings.kafka_security.client_options(),
         )
         self._consumer.subscribe([self._topic], listener=_Listener(self))
+        log.info(
+            "%s: starting on %s, group %s, brokers %s, store %s",
+            self.service.name,
+            self._topic,
+            self.group_id,
+            self.settings.bootstrap_servers,
+            self.store.url,
+        )
         try:
             if await self._start(self._producer) and await self._start(self._consumer):
                 self._joined = True
@@ -255,6 +268,8 @@ class ConsumerRuntime:
             await self._producer.stop()
             self._joined = False
             metrics.ASSIGNED.labels(self.service.name).set(0)
+            self._summarise()
+            log.info("%s: stopped, group %s left", self.service.name, self.group_id)
 
     async def _start(self, client: AIOKafkaConsumer | AIOKafkaProducer) -> bool:
         """Start a client, retrying while the broker is unreachable; False when stopped first."""
@@ -338,6 +353,7 @@ class ConsumerRuntime:
         next_prune = time.monotonic()
         next_reconcile = time.monotonic() + _RECONCILE_SECONDS
         next_identity = time.monotonic() + _IDENTITY_SECONDS
+        next_summary = time.monotonic() + _SUMMARY_SECONDS
         while not self._stop.is_set():
             data = await consumer.getmany(timeout_ms=_POLL_MS, max_records=self.settings.batch_size)
             if time.monotonic() >= next_prune:
@@ -349,6 +365,9 @@ class ConsumerRuntime:
             if time.monotonic() >= next_identity:
                 next_identity = time.monotonic() + _IDENTITY_SECONDS
                 await self._recheck_log()
+            if time.monotonic() >= next_summary:
+                next_summary = time.monotonic() + _SUMMARY_SECONDS
+                self._summarise()
             if not data:
                 continue
             partitions, spans, skipped = self._split(data)
@@ -727,11 +746,31 @@ class ConsumerRuntime:
                 counts[raw_type.decode(errors="replace"), SKIPPED] += count
         for (event_type, outcome), count in counts.items():
             metrics.EVENTS.labels(name, metrics.event_type_label(event_type), outcome).inc(count)
+            self._done[outcome] += count
         assert self._consumer is not None  # noqa: S101
         for partition, next_offset in result.next_offsets.items():
             high = self._consumer.highwater(TopicPartition(self._topic, partition))
             if high is not None:
                 metrics.LAG.labels(name, str(partition)).set(max(0, high - next_offset))
+
+    def _summarise(self) -> None:
+        """One line of what the service did since the last one (nothing when it did nothing)."""
+        if not self._done:
+            return
+        done, self._done = self._done, collections.Counter()
+        lag = 0
+        if self._consumer is not None:
+            for tp in self._consumer.assignment():
+                high = self._consumer.highwater(tp)
+                position = self._positions.get(tp.partition)
+                if high is not None and position is not None:
+                    lag += max(0, high - position)
+        log.info(
+            "%s: %s; lag %d",
+            self.service.name,
+            ", ".join(f"{count} {outcome}" for outcome, count in sorted(done.items())),
+            lag,
+        )
 
     async def _commit_to_kafka(self, result: BatchResult) -> None:
         if not result.next_offsets or self._consumer is None:
@@ -755,6 +794,12 @@ class ConsumerRuntime:
 
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
         """Wait for the batch in flight, then let the partitions go."""
+        if revoked:
+            log.info(
+                "%s: partitions %s given up",
+                self.service.name,
+                ",".join(str(tp.partition) for tp in sorted(revoked)),
+            )
         async with self._lock:
             for tp in revoked:
                 self._gaps.discard(tp.partition)
@@ -791,9 +836,18 @@ class ConsumerRuntime:
         # the fetch at 0 with OffsetOutOfRange, and the consumer moves to its first record
         # (auto_offset_reset="earliest"); the store takes a fresh partition's first batch
         # wherever it begins.
+        starts: dict[int, int] = {}
         for tp in assigned:
             held = checked.get(tp.partition)
             offset = 0 if held is None else held.next_offset
+            starts[tp.partition] = offset
             self._consumer.seek(tp, offset)
             self._positions[tp.partition] = offset
+        log.info(
+            "%s: joined group %s: %s",
+            self.service.name,
+            self.group_id,
+            ", ".join(f"{self._topic}[{p}] from {o}" for p, o in sorted(starts.items()))
+            or "no partitions (more members than partitions, or no topic yet)",
+        )
         self.assigned.set()

@@ -288,6 +288,37 @@ async def test_a_stop_during_a_start_that_hangs_ends_the_service_at_once(store: 
         assert time.monotonic() - stopping < 3
 
 
+async def test_a_service_says_what_it_does_on_start_join_while_busy_and_on_stop(
+    broker: LocalBroker,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(consumers.runtime, "_SUMMARY_SECONDS", 0.5)
+    caplog.set_level(logging.INFO, logger="wazza.consumers.runtime")
+    topics = await make_topics(broker.bootstrap_servers, partitions=2)
+    settings = settings_for(broker, topics)
+    await publish(
+        broker.bootstrap_servers,
+        topics.raw,
+        [progress(f"job_said_{i}", 10, "2025-10-22T10:00:00Z") for i in range(8)],
+    )
+    async with running(store, settings, BUILTIN["progress"]):
+        await until(lambda: offsets_reach(store, "progress", 8), "8 records consumed")
+        await asyncio.sleep(1.2)  # a summary is due
+    said = [r.getMessage() for r in caplog.records if r.name == "wazza.consumers.runtime"]
+    group = f"{settings.group_prefix}progress"
+    assert any(
+        m.startswith(f"progress: starting on {topics.raw}, group {group}") and store.url in m
+        for m in said
+    ), said
+    assert any(
+        m.startswith(f"progress: joined group {group}: {topics.raw}[0] from 0") for m in said
+    ), said
+    assert any(m.startswith("progress: 8 applied; lag 0") for m in said), said
+    assert said[-1] == f"progress: stopped, group {group} left", said
+
+
 # --- another log under the stored offsets (invariant 7) --------------------------------------
 
 
