@@ -127,9 +127,17 @@ class SqliteStore:
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> SqliteStore:
         path = sqlite_path(url)
+        if not path.parent.is_dir():
+            # Not made here: a typo in DATABASE_URL (or sqlite:///tmp/x.db, which is ./tmp/x.db,
+            # where /tmp/x.db was meant: sqlite:////tmp/x.db) would otherwise quietly start an
+            # empty store somewhere unexpected. The dev stack makes its own ./var first.
+            raise StoreError(
+                f"cannot open SQLite store {path.resolve()}: its folder does not exist "
+                "(create it, or check DATABASE_URL: sqlite:///relative/path or "
+                "sqlite:////absolute/path)"
+            )
         conn: sqlite3.Connection | None = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(
                 path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000, check_same_thread=False
             )

@@ -587,7 +587,9 @@ async def test_a_bad_database_url_stops_the_consumer_with_exit_2_naming_the_vari
     await assert_refused(consumer_argv("progress"), env, 2, "DATABASE_URL")
 
 
-@pytest.mark.parametrize("kind", ["postgresql: no such database", "sqlite: not a database"])
+@pytest.mark.parametrize(
+    "kind", ["postgresql: no such database", "sqlite: not a database", "sqlite: no such folder"]
+)
 async def test_a_store_that_waiting_cannot_fix_stops_the_consumer_with_exit_1_naming_it(
     broker: LocalBroker, postgres_server: str, tmp_path: Path, kind: str
 ) -> None:
@@ -596,6 +598,9 @@ async def test_a_store_that_waiting_cannot_fix_stops_the_consumer_with_exit_1_na
         # parameter, so the path alone is replaced.
         url = database_dsn(postgres_server, f"wazza_missing_{uuid.uuid4().hex[:8]}")
         expected = "check DATABASE_URL"
+    elif kind == "sqlite: no such folder":
+        url = f"sqlite:///{tmp_path}/nowhere/wazza.db"
+        expected = f"{tmp_path}/nowhere/wazza.db: its folder does not exist"
     else:
         garbage = tmp_path / "garbage.db"
         garbage.write_bytes(b"this is not a SQLite database, " * 64)
