@@ -79,6 +79,8 @@ _RECONCILE_SECONDS = 1.0
 # started over is noticed even where no batch's offset guard would (a new log that grew past
 # the stored offsets): two small requests, and a reset within seconds.
 _IDENTITY_SECONDS = 5.0
+# On stop, the last offsets committed to Kafka (for lag monitors) are waited for this long.
+_COMMIT_WAIT_SECONDS = 2.0
 # A busy service says what it did once a minute (one line: a person reading the log sees it is
 # alive and what it applies, without a line per event).
 _SUMMARY_SECONDS = 60.0
@@ -185,6 +187,9 @@ class ConsumerRuntime:
         self._producer: AIOKafkaProducer | None = None
         self._topic_id: str | None = None
         """The raw topic's id as last reported by the broker (None: not known)."""
+        self._uncommitted: dict[TopicPartition, int] = {}
+        """Offsets stored in the store and not yet committed to Kafka."""
+        self._committing: asyncio.Task[None] | None = None
         self._done: collections.Counter[str] = collections.Counter()
         """Outcomes counted since the last summary line."""
         self._beyond_end: dict[int, int] = {}
@@ -253,6 +258,9 @@ class ConsumerRuntime:
                 self._joined = True
                 await self._loop()
         finally:
+            if self._committing is not None:  # the last batch's offsets, for the lag monitors
+                with contextlib.suppress(TimeoutError):  # wait_for cancels it then
+                    await asyncio.wait_for(self._committing, _COMMIT_WAIT_SECONDS)
             # Leaves the group, so its partitions move at once; also closes a client that never
             # started (stopped while the broker was unreachable).
             try:
@@ -391,7 +399,7 @@ class ConsumerRuntime:
                     self._positions[partition] = offset
             size = sum(spans[p][1] - spans[p][0] for p in partitions)
             self._observe(result, size, started, skipped)
-            await self._commit_to_kafka(result)
+            self._commit_to_kafka(result)
 
     def _split(
         self, data: dict[TopicPartition, list[Any]]
@@ -772,14 +780,28 @@ class ConsumerRuntime:
             lag,
         )
 
-    async def _commit_to_kafka(self, result: BatchResult) -> None:
+    def _commit_to_kafka(self, result: BatchResult) -> None:
+        """Commit the batch's offsets to Kafka in the background, after the store's commit.
+
+        Only lag monitors read them (the store has the truth), so the next batch does not wait
+        for them: an OffsetCommit to Apache Kafka 4 takes 8 ms (its group coordinator lingers
+        5 ms before writing), which halved a service's rate when awaited per batch. One commit
+        is in flight at a time; offsets that come meanwhile are folded into the next."""
         if not result.next_offsets or self._consumer is None:
             return
-        offsets = {TopicPartition(self._topic, p): o for p, o in result.next_offsets.items()}
-        try:
-            await self._consumer.commit(offsets)
-        except KafkaError as exc:  # only lag monitors read these; the store has the truth
-            log.info("kafka offset commit skipped: %r", exc)
+        self._uncommitted.update(
+            {TopicPartition(self._topic, p): o for p, o in result.next_offsets.items()}
+        )
+        if self._committing is None or self._committing.done():
+            self._committing = asyncio.create_task(self._commit_uncommitted(self._consumer))
+
+    async def _commit_uncommitted(self, consumer: AIOKafkaConsumer) -> None:
+        while self._uncommitted:
+            offsets, self._uncommitted = self._uncommitted, {}
+            try:
+                await consumer.commit(offsets)
+            except KafkaError as exc:  # only lag monitors read these; the store has the truth
+                log.info("kafka offset commit skipped: %r", exc)
 
     async def _prune(self) -> None:
         try:
