@@ -82,7 +82,7 @@ def add_dev_parser(sub: Any) -> None:
         "--metrics-port",
         type=int,
         default=9101,
-        help="first of the three consumers' metrics ports (9101, 9102, 9103)",
+        help="first of the three consumers' metrics ports (9101, 9102, 9103; 0: none)",
     )
 
 
@@ -115,7 +115,8 @@ def run_dev(args: argparse.Namespace) -> int:
     busy = [("ingester", args.port), ("broker", args.broker_port)]
     if args.engine != "tansu":
         busy.append(("broker's controller", args.broker_port + 1))
-    busy += [(f"{n} metrics", args.metrics_port + i) for i, n in enumerate(_SERVICES)]
+    if args.metrics_port:
+        busy += [(f"{n} metrics", args.metrics_port + i) for i, n in enumerate(_SERVICES)]
     for what, port in busy:
         if port_in_use("127.0.0.1", port):
             print(
@@ -169,7 +170,7 @@ def run_dev(args: argparse.Namespace) -> int:
                        "--workers", str(args.ingesters)],
             **{
                 name: [sys.executable, "-m", "consumers.cli", name,
-                       "--metrics-port", str(args.metrics_port + i)]
+                       "--metrics-port", str(args.metrics_port + i if args.metrics_port else 0)]
                 for i, name in enumerate(_SERVICES)
             },
         }  # fmt: skip
@@ -328,6 +329,11 @@ def _banner(args: argparse.Namespace, bootstrap: str, memory_only: bool) -> None
         if memory_only
         else f"Apache Kafka, its log kept in {args.var / 'kafka'} across restarts"
     )
+    consumers = (
+        f"ports {args.metrics_port}-{args.metrics_port + 2} (consumers)"
+        if args.metrics_port
+        else "none for the consumers (--metrics-port 0)"
+    )
     exported_store = os.environ.get("DATABASE_URL")
     store = (
         f"DATABASE_URL={args.store} "
@@ -342,8 +348,7 @@ def _banner(args: argparse.Namespace, bootstrap: str, memory_only: bool) -> None
                 f"  webhook URL      {url}",
                 f"  secret           kept in {secret_file} (generated for this machine)",
                 f"  broker           {bootstrap} ({broker_note})",
-                f"  metrics          http://127.0.0.1:{args.port}/metrics (ingester), "
-                f"ports {args.metrics_port}-{args.metrics_port + 2} (consumers)",
+                f"  metrics          http://127.0.0.1:{args.port}/metrics (ingester), {consumers}",
                 f"  store            {args.store}",
                 "  send a signed test event, as Wazza would:",
                 f"    {hooks} send-test --event completed --job-id job_abc123{to}",

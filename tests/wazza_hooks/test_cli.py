@@ -89,14 +89,6 @@ def run(argv: list[str], timeout: float = REFUSAL_SECONDS) -> subprocess.Complet
     )
 
 
-def free_metrics_ports() -> int:
-    """The first of three consecutive free ports (a dev stack's consumers' metrics)."""
-    while True:
-        first = free_port()
-        if first < 65533 and not any(port_in_use("127.0.0.1", first + i) for i in (1, 2)):
-            return first
-
-
 def two_free_ports() -> tuple[int, int]:
     first = free_port()
     second = free_port()
@@ -231,7 +223,7 @@ async def test_dev_runs_a_stack_that_takes_a_signed_webhook_and_stops_whole_on_c
     url = f"http://127.0.0.1:{port}/api/webhooks/wazza"
     dev_argv = hooks(
         "dev", "--engine", "tansu", "--port", port, "--broker-port", broker_port,
-        "--metrics-port", free_metrics_ports(),
+        "--metrics-port", 0,
     )  # fmt: skip
     # A shell with another secret and store exported: the stack keeps its own, and the commands
     # its banner prints must still reach them.
@@ -349,7 +341,7 @@ async def test_dev_on_the_memory_only_broker_drains_on_ctrl_c_and_applies_every_
     url = f"http://127.0.0.1:{port}/api/webhooks/wazza"
     dev_argv = hooks(
         "dev", "--engine", "tansu", "--port", port, "--broker-port", broker_port,
-        "--metrics-port", free_metrics_ports(),
+        "--metrics-port", 0,
     )  # fmt: skip
     env = subprocess_env()
 
@@ -396,10 +388,9 @@ async def test_dev_stops_whole_when_its_terminal_closes(tmp_path: Path) -> None:
     """SIGHUP (the terminal closed) stops the stack as Ctrl-C does: nothing is left running on
     its ports, where the next `make run` would find them busy."""
     port, broker_port = two_free_ports()
-    metrics_port = free_metrics_ports()
     dev_argv = hooks(
         "dev", "--engine", "tansu", "--port", port, "--broker-port", broker_port,
-        "--metrics-port", metrics_port,
+        "--metrics-port", 0,
     )  # fmt: skip
     with running(dev_argv, env=subprocess_env(), cwd=tmp_path) as dev:
         await dev_ready(dev, port)
@@ -408,7 +399,7 @@ async def test_dev_stops_whole_when_its_terminal_closes(tmp_path: Path) -> None:
         os.kill(dev.pid, signal.SIGHUP)
         assert await dev.wait_exit(60) == 0, dev.output()
         assert "Traceback" not in dev.output(), dev.output()
-    ports = (port, broker_port, metrics_port, metrics_port + 1, metrics_port + 2)
+    ports = (port, broker_port)
     await wait_until(
         lambda: not any(port_in_use("127.0.0.1", p) for p in ports), 5, "the ports to be free"
     )
