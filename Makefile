@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench clean tools
+.PHONY: install run test test-aiokafka-lowest lint bench clean tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,26 @@ run: $(STAMP)
 test: $(STAMP) tools
 	$(BIN)/pytest -n 3 --dist loadfile
 
+# The lowest aiokafka the pin allows (pyproject.toml), in a venv of its own, against the tests of
+# the code that reaches into aiokafka's internals (the ingester's direct produce path, its
+# sender, the consumer runtime); `make test` covers the highest, which pip picks there.
+AIOKAFKA_LOWEST ?= 0.13.0
+LOWEST_VENV := .venv-aiokafka-lowest
+LOWEST_STAMP := $(LOWEST_VENV)/.installed-$(AIOKAFKA_LOWEST)
+AIOKAFKA_TESTS := tests/ingest/test_publisher_direct.py tests/ingest/test_publisher_sender.py \
+	tests/ingest/test_app_kafka.py tests/consumers/test_runtime.py
+
+$(LOWEST_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' \
+		'aiokafka==$(AIOKAFKA_LOWEST)'
+	echo '*' > $(LOWEST_VENV)/.gitignore  # out of git, ruff and the like
+	touch $(LOWEST_STAMP)
+
+test-aiokafka-lowest: $(LOWEST_STAMP) tools
+	$(LOWEST_VENV)/bin/python -c 'import aiokafka; assert aiokafka.__version__ == "$(AIOKAFKA_LOWEST)", aiokafka.__version__'
+	$(LOWEST_VENV)/bin/pytest -p no:cacheprovider $(AIOKAFKA_TESTS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -39,4 +59,4 @@ bench: $(STAMP)
 	test $$a -eq 0 -a $$b -eq 0 -a $$c -eq 0 -a $$d -eq 0
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOWEST_VENV) .pytest_cache .mypy_cache .ruff_cache

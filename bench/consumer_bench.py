@@ -1,5 +1,9 @@
 """Consumer benchmark (`make bench`): the services against raw consumption, in one run.
 
+`--engine both` (the default): the same records published to Apache Kafka and read back raw,
+then the same on Tansu, for comparison; everything below (floor, services, end to end) runs on
+Apache Kafka, whose raw consumption is the baseline. `--engine kafka|tansu`: all on that one.
+
 Baseline: an aiokafka consumer reading the raw topic and doing nothing with it. Then each
 service (completion, failure, progress) alone, and the three together, applying the same topic
 to SQLite and to PostgreSQL: about 200k records, 5 progress events per job then a completion
@@ -21,6 +25,7 @@ import hmac
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +47,7 @@ from consumers.service import BUILTIN  # noqa: E402
 from consumers.settings import ConsumerSettings  # noqa: E402
 from consumers.store import open_store  # noqa: E402
 from wazza_hooks import contract  # noqa: E402
+from wazza_hooks.apache_kafka import ApacheKafka, java_and_maven  # noqa: E402
 from wazza_hooks.localbroker import LocalBroker, free_port, port_in_use  # noqa: E402
 from wazza_hooks.topics import ensure_topics  # noqa: E402
 
@@ -266,7 +272,9 @@ async def scrape(http: Any, port: int) -> dict[tuple[str, str], float]:
     return out
 
 
-async def e2e_latency(bootstrap: str, topic: str, seconds: int, rate: int) -> dict[str, Any]:
+async def e2e_latency(
+    bootstrap: str, topic: str, seconds: int, rate: int, idempotence: bool = False
+) -> dict[str, Any]:
     """The ingester at a steady rate, the three services (processes) on SQLite: receive ->
     applied, read from each service's own end-to-end histogram."""
     import aiohttp
@@ -278,7 +286,8 @@ async def e2e_latency(bootstrap: str, topic: str, seconds: int, rate: int) -> di
         "PYTHONPATH": str(ROOT),
         "WAZZA_WEBHOOK_SECRETS": SECRET,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "KAFKA_ENABLE_IDEMPOTENCE": "false",
+        # Apache Kafka keeps the production default (on); Tansu refuses idempotent producers.
+        "KAFKA_ENABLE_IDEMPOTENCE": "true" if idempotence else "false",
         "WAZZA_RAW_TOPIC": topic,
         "WAZZA_DLQ_TOPIC": topic + ".dlq",
         "WAZZA_LOG_REQUESTS": "false",
@@ -369,81 +378,151 @@ async def e2e_latency(bootstrap: str, topic: str, seconds: int, rate: int) -> di
     return out
 
 
+def rss_mib(pid: int | None) -> float | None:
+    """A process's resident memory now, in MiB (None when it is gone or unknown)."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+async def bench_services(
+    args: argparse.Namespace,
+    report: dict[str, Any],
+    broker: ApacheKafka | LocalBroker,
+    engine: str,
+    topic: str,
+    total: int,
+    server_dsn: str,
+    create_database: Any,
+    drop_database: Any,
+) -> None:
+    """The floor, each service against raw consumption on SQLite and PostgreSQL, and end to
+    end, all on `broker` (the topic published already)."""
+    base = report["baseline"]
+    floor = await store_floor(total, args.batch)
+    # Progress keys the processing events it is given (5 of each job's 6, plus their
+    # duplicates that reach the store in a later batch): about 3/4 of all records.
+    keyed = 0.75
+    best = 1 / (1 / base["records_per_s"] + keyed / floor["rows_per_s"])
+    floor["progress_ratio_ceiling"] = round(best / base["records_per_s"], 3)
+    report["sqlite_floor"] = floor
+    print(
+        f"SQLite floor: dedup keys alone {floor['rows_per_s']} rows/s; progress "
+        f"(~{keyed:.0%} of records keyed) cannot exceed x{best / base['records_per_s']:.2f}"
+        " of raw",
+        flush=True,
+    )
+    for kind in () if args.only_e2e else ("sqlite", "postgresql"):
+        results: dict[str, Any] = {}
+        for names in (
+            ["completion"],
+            ["failure"],
+            ["progress"],
+            ["completion", "failure", "progress"],
+        ):
+            if kind == "sqlite":
+                url = f"sqlite:///{tempfile.mkdtemp(prefix='wazza-bench-')}/bench.db"
+                db = None
+            else:
+                db = f"wazza_bench_{uuid.uuid4().hex[:8]}"
+                url = await create_database(server_dsn, db)
+            key = "+".join(names)
+            res = await run_services(url, broker.bootstrap_servers, topic, names, total, args.batch)
+            if db:
+                await drop_database(server_dsn, db)
+            results[key] = res
+            for n, r in res.items():
+                ratio = r["records_per_s"] / base["records_per_s"]
+                r["ratio"] = round(ratio, 3)
+                print(
+                    f"{engine:>5} {kind:>10} {key:>28} {n:>10}: {r['records_per_s']:>7} "
+                    f"records/s (x{ratio:.2f})  mean batch {r['mean_batch_records']}  "
+                    f"p99 batch <= {r['p99_batch_seconds_le']} s",
+                    flush=True,
+                )
+        report[kind] = results
+    e2e_topic = f"bench.e2e.{uuid.uuid4().hex[:6]}"
+    await ensure_topics(broker.bootstrap_servers, {e2e_topic: 12, e2e_topic + ".dlq": 12})
+    e2e = await e2e_latency(
+        broker.bootstrap_servers,
+        e2e_topic,
+        args.e2e_seconds,
+        args.rate,
+        idempotence=not broker.memory_only,
+    )
+    report["end_to_end"] = e2e
+    print(
+        f"{engine}: end to end at {e2e['achieved_rate']}/s ({e2e['statuses']}): "
+        f"p99 <= {e2e['p99_le_s']} s",
+        flush=True,
+    )
+
+
+def start_broker(
+    engine: str, folder: Path, overrides: dict[str, str] | None = None
+) -> ApacheKafka | LocalBroker:
+    if engine == "tansu":
+        return LocalBroker(log_path=folder / "tansu.log")
+    missing = java_and_maven()
+    if missing is not None:
+        raise SystemExit(f"bench: Apache Kafka cannot run here: {missing} (--engine tansu)")
+    return ApacheKafka(folder / "kafka", log_path=folder / "kafka.log", overrides=overrides)
+
+
 async def amain(args: argparse.Namespace) -> int:
     from tests.postgres import create_database, drop_database, postgres_server_dsn
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"benchmark": "consumers", "records": args.records}
+    engines = ["kafka", "tansu"] if args.engine == "both" else [args.engine]
+    # The services, the floor and end to end run on the first engine (Apache Kafka when it is
+    # measured); the other one gets raw consumption only, for comparison.
+    main_engine = engines[0]
+    overrides = dict(item.split("=", 1) for item in args.kafka_set)
+    report: dict[str, Any] = {
+        "benchmark": "consumers",
+        "records": args.records,
+        "engines": engines,
+        "services_engine": main_engine,
+        "raw": {},
+        "kafka_overrides": dict(item.split("=", 1) for item in args.kafka_set),
+        "loadavg_at_start": list(os.getloadavg()),
+    }
     server_dsn, pg_cleanup = postgres_server_dsn()
+    folder = Path(tempfile.mkdtemp(prefix="wazza-consumer-bench-"))
+    bodies = workload(args.records)
+    total = len(bodies)
+    report["records"] = total
     try:
-        with LocalBroker() as broker:
-            topic = f"bench.raw.{uuid.uuid4().hex[:6]}"
-            await ensure_topics(broker.bootstrap_servers, {topic: 12, topic + ".dlq": 12})
-            bodies = workload(args.records)
-            print(f"publishing {len(bodies)} records...", flush=True)
-            await publish(broker.bootstrap_servers, topic, bodies)
-            total = len(bodies)
-            report["records"] = total
-            base = await raw_baseline(broker.bootstrap_servers, topic, total, args.batch)
-            report["baseline"] = base
-            print(f"raw consumption: {base['records_per_s']} records/s", flush=True)
-            floor = await store_floor(total, args.batch)
-            # Progress keys the processing events it is given (5 of each job's 6, plus their
-            # duplicates that reach the store in a later batch): about 3/4 of all records.
-            keyed = 0.75
-            best = 1 / (1 / base["records_per_s"] + keyed / floor["rows_per_s"])
-            floor["progress_ratio_ceiling"] = round(best / base["records_per_s"], 3)
-            report["sqlite_floor"] = floor
-            print(
-                f"SQLite floor: dedup keys alone {floor['rows_per_s']} rows/s; progress "
-                f"(~{keyed:.0%} of records keyed) cannot exceed x{best / base['records_per_s']:.2f}"
-                " of raw",
-                flush=True,
-            )
-            for kind in () if args.only_e2e else ("sqlite", "postgresql"):
-                results: dict[str, Any] = {}
-                for names in (
-                    ["completion"],
-                    ["failure"],
-                    ["progress"],
-                    ["completion", "failure", "progress"],
-                ):
-                    if kind == "sqlite":
-                        url = f"sqlite:///{tempfile.mkdtemp(prefix='wazza-bench-')}/bench.db"
-                        db = None
-                    else:
-                        db = f"wazza_bench_{uuid.uuid4().hex[:8]}"
-                        url = await create_database(server_dsn, db)
-                    key = "+".join(names)
-                    res = await run_services(
-                        url, broker.bootstrap_servers, topic, names, total, args.batch
-                    )
-                    if db:
-                        await drop_database(server_dsn, db)
-                    results[key] = res
-                    for n, r in res.items():
-                        ratio = r["records_per_s"] / base["records_per_s"]
-                        r["ratio"] = round(ratio, 3)
-                        print(
-                            f"{kind:>10} {key:>28} {n:>10}: {r['records_per_s']:>7} records/s "
-                            f"(x{ratio:.2f})  mean batch {r['mean_batch_records']}  "
-                            f"p99 batch <= {r['p99_batch_seconds_le']} s",
-                            flush=True,
-                        )
-                report[kind] = results
-            e2e_topic = f"bench.e2e.{uuid.uuid4().hex[:6]}"
-            await ensure_topics(broker.bootstrap_servers, {e2e_topic: 12, e2e_topic + ".dlq": 12})
-            e2e = await e2e_latency(
-                broker.bootstrap_servers, e2e_topic, args.e2e_seconds, args.rate
-            )
-            report["end_to_end"] = e2e
-            print(
-                f"end to end at {e2e['achieved_rate']}/s ({e2e['statuses']}): "
-                f"p99 <= {e2e['p99_le_s']} s",
-                flush=True,
-            )
+        for engine in engines:
+            with start_broker(engine, folder, overrides) as broker:
+                topic = f"bench.raw.{uuid.uuid4().hex[:6]}"
+                await ensure_topics(broker.bootstrap_servers, {topic: 12, topic + ".dlq": 12})
+                print(f"{engine}: publishing {len(bodies)} records...", flush=True)
+                await publish(broker.bootstrap_servers, topic, bodies)
+                base = await raw_baseline(broker.bootstrap_servers, topic, total, args.batch)
+                base["broker_rss_mib"] = rss_mib(broker.pid)
+                report["raw"][engine] = base
+                print(
+                    f"{engine}: raw consumption {base['records_per_s']} records/s "
+                    f"(broker RSS {base['broker_rss_mib']} MiB)",
+                    flush=True,
+                )
+                if engine != main_engine:
+                    continue
+                report["baseline"] = base
+                await bench_services(
+                    args, report, broker, engine, topic, total, server_dsn,
+                    create_database, drop_database,
+                )  # fmt: skip
     finally:
         pg_cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
 
     def worst(kind: str) -> float:
         if kind not in report:
@@ -459,6 +538,7 @@ async def amain(args: argparse.Namespace) -> int:
     )
     report["bar"] = {"sqlite": BAR_SQLITE, "postgresql": BAR_POSTGRES, "e2e_p99_s": BAR_E2E_P99_S,
                      "passed": passed}  # fmt: skip
+    report["loadavg_at_end"] = list(os.getloadavg())
     out = RESULTS / f"consumers-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(
@@ -466,6 +546,10 @@ async def amain(args: argparse.Namespace) -> int:
         f"PostgreSQL {worst('postgresql'):.2f} (bar {BAR_POSTGRES}); "
         f"e2e p99 <= {report['end_to_end']['p99_le_s']} s (bar {BAR_E2E_P99_S}): "
         f"{'PASS' if passed else 'FAIL'}"
+    )
+    print(
+        "raw consumption: "
+        + ", ".join(f"{e} {r['records_per_s']} records/s" for e, r in report["raw"].items())
     )
     print(f"written: {out.relative_to(ROOT)}")
     return 0 if passed else 1
@@ -478,6 +562,21 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=2000)
     parser.add_argument("--e2e-seconds", type=int, default=20)
     parser.add_argument("--only-e2e", action="store_true", help="skip the throughput part")
+    parser.add_argument(
+        "--kafka-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a server property of the Apache Kafka node, over server_properties() (repeatable;"
+        " for experiments: the reference runs set none)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("kafka", "tansu", "both"),
+        default="both",
+        help="both (default): raw consumption on Apache Kafka and on Tansu, the services and "
+        "end to end on Kafka; kafka or tansu: everything on that one",
+    )
     return asyncio.run(amain(parser.parse_args()))
 
 
