@@ -41,6 +41,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ingest_bench import rss_mib  # noqa: E402 - the script's own folder: bench/
+
 from consumers import metrics as consumer_metrics  # noqa: E402
 from consumers.runtime import ConsumerRuntime  # noqa: E402
 from consumers.service import BUILTIN  # noqa: E402
@@ -376,19 +378,6 @@ async def e2e_latency(
             except subprocess.TimeoutExpired:
                 proc.kill()
     return out
-
-
-def rss_mib(pid: int | None) -> float | None:
-    """A process's resident memory now, in MiB (None when it is gone or unknown)."""
-    if pid is None:
-        return None
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
 
 
 async def bench_services(

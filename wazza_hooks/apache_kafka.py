@@ -46,7 +46,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from .localbroker import BrokerError, LocalBroker, free_port, port_in_use
+from .localbroker import BrokerError, BrokerProcess, LocalBroker, free_port, port_in_use
 
 POM = Path(__file__).with_name("apache-kafka.pom.xml")
 """The Maven pom that pins the broker's version and lists its jars."""
@@ -354,7 +354,7 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(chunks)
 
 
-class ApacheKafka:
+class ApacheKafka(BrokerProcess):
     """One Apache Kafka node (broker and controller in one JVM) on host:port, its log under
     `state_dir`. Use as a context manager, or call start() and stop(). The same interface as
     `wazza_hooks.localbroker.LocalBroker`, plus `data_dir`, `kill()` and the cluster options.
@@ -401,21 +401,6 @@ class ApacheKafka:
         self.format_args = tuple(format_args)
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
-
-    @property
-    def bootstrap_servers(self) -> str:
-        """What clients pass as bootstrap servers."""
-        return f"{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        """The JVM's process id while it runs."""
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        """True while the JVM is alive."""
-        return self._proc is not None and self._proc.poll() is None
 
     def properties(self) -> dict[str, str]:
         """This node's server properties: `server_properties()` with the overrides applied."""
@@ -565,24 +550,6 @@ class ApacheKafka:
             proc.kill()
             proc.wait(timeout=_KILL_TIMEOUT_SECONDS)
         self._close_log()
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            with contextlib.suppress(OSError):
-                self._log.close()
-            self._log = None
-
-    def __enter__(self) -> ApacheKafka:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class ApacheKafkaCluster:

@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Self
 
 # Tansu is listening within a few milliseconds; a loaded CI machine gets generous room.
 _START_TIMEOUT_SECONDS = 20.0
@@ -56,7 +56,57 @@ def port_in_use(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-class LocalBroker:
+class BrokerProcess:
+    """What every local broker process shares: its address, its process while it runs, its
+    log file, and `with` that starts and stops it. Subclasses set `host`, `port`, `_proc` and
+    `_log`, and define start() and stop()."""
+
+    host: str
+    port: int
+    _proc: subprocess.Popen[bytes] | None
+    _log: IO[bytes] | None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """What clients pass as bootstrap servers."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """True while the broker process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            with contextlib.suppress(OSError):
+                self._log.close()
+            self._log = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalBroker(BrokerProcess):
     """One Tansu process on host:port. Use as a context manager, or call start() and stop()."""
 
     memory_only = True
@@ -71,18 +121,8 @@ class LocalBroker:
         self.host = host
         self.port = port if port else free_port(host)
         self._log_path = log_path
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    @property
-    def bootstrap_servers(self) -> str:
-        """What clients pass as bootstrap servers."""
-        return f"{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        """The broker's process id while it runs."""
-        return self._proc.pid if self._proc is not None else None
+        self._proc = None
+        self._log = None
 
     def start(self) -> None:
         """Start the broker and return once it accepts connections; raises BrokerError."""
@@ -139,24 +179,4 @@ class LocalBroker:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if self._log is not None:
-            with contextlib.suppress(OSError):
-                self._log.close()
-            self._log = None
-
-    @property
-    def running(self) -> bool:
-        """True while the broker process is alive."""
-        return self._proc is not None and self._proc.poll() is None
-
-    def __enter__(self) -> LocalBroker:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        self._close_log()
