@@ -50,6 +50,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Every benchmark runs even when one misses its bar; the exit code says whether all met theirs
 # (the stack's: the store matched what simulate expects).

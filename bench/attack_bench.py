@@ -43,9 +43,9 @@ from ingest_bench import (
     write_script,
 )
 
-from wazza_hooks.apache_kafka import local_broker
-from wazza_hooks.localbroker import free_port
-from wazza_hooks.topics import default_topics, ensure_topics
+from wazza_tools.dev.apache_kafka import local_broker
+from wazza_tools.dev.localbroker import free_port
+from wazza_tools.dev.topics import default_topics, ensure_topics
 
 BAR_RATIO = 0.8
 BAR_P99_FACTOR = 2.0

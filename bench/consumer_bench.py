@@ -49,9 +49,9 @@ from consumers.service import BUILTIN  # noqa: E402
 from consumers.settings import ConsumerSettings  # noqa: E402
 from consumers.store import open_store  # noqa: E402
 from wazza_hooks import contract  # noqa: E402
-from wazza_hooks.apache_kafka import ApacheKafka, java_and_maven  # noqa: E402
-from wazza_hooks.localbroker import LocalBroker, free_port, port_in_use  # noqa: E402
-from wazza_hooks.topics import ensure_topics  # noqa: E402
+from wazza_tools.dev.apache_kafka import ApacheKafka, java_and_maven  # noqa: E402
+from wazza_tools.dev.localbroker import LocalBroker, free_port, port_in_use  # noqa: E402
+from wazza_tools.dev.topics import ensure_topics  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SECRET = "bench-secret-not-for-production"

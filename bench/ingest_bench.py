@@ -43,9 +43,9 @@ from typing import Any
 
 import orjson
 
-from wazza_hooks.apache_kafka import ApacheKafka, java_and_maven
-from wazza_hooks.localbroker import LocalBroker, free_port, port_in_use
-from wazza_hooks.topics import default_topics, ensure_topics, local_topic_configs
+from wazza_tools.dev.apache_kafka import ApacheKafka, java_and_maven
+from wazza_tools.dev.localbroker import LocalBroker, free_port, port_in_use
+from wazza_tools.dev.topics import default_topics, ensure_topics, local_topic_configs
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

@@ -44,7 +44,7 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from wazza_hooks.localbroker import free_port, port_in_use  # noqa: E402
+from wazza_tools.dev.localbroker import free_port, port_in_use  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 BIN = Path(sys.executable).parent

@@ -21,7 +21,7 @@ import time
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from wazza_hooks.config import ConfigError, port_argument, version
+from wazza_hooks.config import ConfigError, port_argument, version, whole_number
 
 if TYPE_CHECKING:  # the settings import stays lazy: see _supervise and multiprocess metrics
     from .settings import IngestSettings
@@ -66,20 +66,13 @@ def _parser() -> argparse.ArgumentParser:
         "--port", type=port_argument(), default=8080, help="port to bind (default 8080)"
     )
     parser.add_argument(
-        "--workers", type=_positive, default=1, help="processes sharing the port (default 1)"
+        "--workers",
+        type=whole_number(1, 64, "workers"),
+        default=1,
+        help="processes sharing the port (default 1)",
     )
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     return parser
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= 64:
-        raise argparse.ArgumentTypeError(f"{value}: choose between 1 and 64 workers")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,1 +1,2 @@
-"""Shared by the ingester and the consumers: the record contract, configuration, tools."""
+"""The kernel the ingester and the consumers share: the record contract, configuration, logs,
+periodic tasks and Kafka client settings. It imports nothing else of ours."""

@@ -21,6 +21,43 @@ class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the variable."""
 
 
+def whole_number(lowest: int, highest: int, unit: str = "") -> Callable[[str], int]:
+    """An argparse `type` for a whole number from `lowest` to `highest` (`unit` names what is
+    counted in the refusal, e.g. "workers"). Every command's bounded options use this one."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not lowest <= value <= highest:
+            what = f" {unit}" if unit else ""
+            raise argparse.ArgumentTypeError(
+                f"{value}: choose between {lowest} and {highest}{what}"
+            )
+        return value
+
+    return parse
+
+
+def decimal_number(lowest: float, highest: float, note: str = "") -> Callable[[str], float]:
+    """An argparse `type` for a number from `lowest` to `highest` (`note` follows the range in
+    the refusal, e.g. " (a share: 0.1 = 10 %)")."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not lowest <= value <= highest:
+            raise argparse.ArgumentTypeError(
+                f"{text} must be between {lowest:g} and {highest:g}{note}"
+            )
+        return value
+
+    return parse
+
+
 def port_argument(lowest: int = 0, note: str = "") -> Callable[[str], int]:
     """An argparse `type` for a port number from `lowest` to 65535 (`note` follows the range
     in the refusal, e.g. "; 0: none")."""

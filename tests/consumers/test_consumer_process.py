@@ -36,13 +36,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumers.store import Store, open_store
-from tests.conftest import BIN, ROOT, Topics, make_topics, subprocess_env
-from wazza_hooks.localbroker import LocalBroker, free_port, port_in_use
-from wazza_hooks.topics import ensure_topics
-
-from ..postgres import database_dsn, fresh_database
-from ..processes import Running, running
-from .helpers import completed, failed, ids, progress, publish, rows
+from tests.support.consumers import completed, failed, ids, progress, publish, rows
+from tests.support.env import BIN, ROOT, subprocess_env
+from tests.support.kafka import Topics, make_topics
+from tests.support.postgres import database_dsn, fresh_database
+from tests.support.processes import Running, running
+from wazza_tools.dev.localbroker import LocalBroker, free_port, port_in_use
+from wazza_tools.dev.topics import ensure_topics
 
 pytestmark = pytest.mark.slow
 

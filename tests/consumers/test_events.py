@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from consumers.events import EventError, parse_event, parse_time_ms
+from tests.support.signing import completed_body, failed_body, processing_body
 from wazza_hooks import contract
-
-from ..signing import completed_body, failed_body, processing_body
 
 
 def envelope(event_type: str, received_at_ms: int = 1_000) -> contract.RawEnvelope:

@@ -23,19 +23,22 @@ from consumers.runtime import ConsumerRuntime
 from consumers.service import BUILTIN
 from consumers.settings import ConsumerSettings
 from consumers.store import Store, open_store
+from tests.support.consumers import (
+    completed,
+    envelope_of,
+    progress,
+    rows,
+    running,
+    settings_for,
+    until,
+)
+from tests.support.env import BIN, subprocess_env
+from tests.support.kafka import make_topics, read_topic
+from tests.support.postgres import fresh_database
 from wazza_hooks import contract
-from wazza_hooks.localbroker import LocalBroker
-
-from ..conftest import BIN, make_topics, read_topic, subprocess_env
-from ..postgres import fresh_database
-from . import helpers
-from .helpers import completed, envelope_of, progress, rows, running, until
+from wazza_tools.dev.localbroker import LocalBroker
 
 SERVICES = ("completion", "failure", "progress")
-
-
-def settings_for(broker: LocalBroker, raw: str, dlq: str, **more: int) -> ConsumerSettings:
-    return helpers.settings_for(broker.bootstrap_servers, raw, dlq, **more)
 
 
 @asynccontextmanager
@@ -117,7 +120,9 @@ async def test_records_the_store_cannot_take_are_dead_lettered_and_the_service_g
         ],
     )
     before = {s: dead_lettered(s) for s in SERVICES}
-    async with consuming(store, settings_for(broker, topics.raw, topics.dlq), *SERVICES):
+    async with consuming(
+        store, settings_for(broker.bootstrap_servers, topics.raw, topics.dlq), *SERVICES
+    ):
         for service in SERVICES:
             await until(
                 lambda s=service: offsets_at(store, topics.raw, s, 7),  # type: ignore[misc]
@@ -152,7 +157,7 @@ async def test_a_dead_letter_the_topic_refuses_is_kept_in_the_store_and_the_serv
     big["padding"] = "x" * 100_000
     after = completed("job_after", "2025-10-22T10:31:00Z")
     await send(broker.bootstrap_servers, topics.raw, [raw(orjson.dumps(big)), raw(after)])
-    settings = settings_for(broker, topics.raw, topics.dlq, max_body_bytes=1024)
+    settings = settings_for(broker.bootstrap_servers, topics.raw, topics.dlq, max_body_bytes=1024)
     kept_before = consumer_metrics.DEAD_LETTERS_KEPT.labels("progress")._value.get()
     async with consuming(store, settings, "progress", "completion"):
         for service in ("progress", "completion"):
@@ -261,7 +266,9 @@ def test_arbitrary_records_never_stop_a_service_and_each_ends_applied_skipped_or
             topics = await make_topics(broker.bootstrap_servers, partitions=1)
             await send(broker.bootstrap_servers, topics.raw, batch)
             counted = {s: _outcomes(s) for s in SERVICES}
-            async with consuming(store, settings_for(broker, topics.raw, topics.dlq), *SERVICES):
+            async with consuming(
+                store, settings_for(broker.bootstrap_servers, topics.raw, topics.dlq), *SERVICES
+            ):
                 for service in SERVICES:
                     await until(
                         lambda s=service: offsets_at(store, topics.raw, s, len(batch)),  # type: ignore[misc]

@@ -22,39 +22,28 @@ from consumers.log_identity import TopicIdRequest, topic_id_of
 from consumers.service import BUILTIN, load_service
 from consumers.settings import ConsumerSettings
 from consumers.store import Store, open_store
-from wazza_hooks import contract
-from wazza_hooks.localbroker import LocalBroker
-
-from ..conftest import ROOT, Topics, make_topics, read_topic
-from ..deadend import broker_advertising_a_dead_end
-from . import helpers
-from .helpers import (
+from tests.support.consumers import (
+    SETTLE_SECONDS,
     completed,
+    counter,
     failed,
     history,
     ids,
     job,
+    offsets_reach,
     progress,
     publish,
     rows,
     running,
+    settings_for,
+    settings_on,
     until,
 )
-
-
-def settings_for(broker: LocalBroker, topics: Topics) -> ConsumerSettings:
-    return helpers.settings_for(broker.bootstrap_servers, topics.raw, topics.dlq)
-
-
-async def offsets_reach(store: Store, service: str, count: int) -> bool:
-    found = await rows(
-        store, "SELECT SUM(next_offset) FROM consumer_offsets WHERE service = ?", service
-    )
-    return bool(found) and found[0][0] is not None and int(found[0][0]) >= count
-
-
-def counter(service: str, event_type: str, outcome: str) -> float:
-    return consumer_metrics.EVENTS.labels(service, event_type, outcome)._value.get()  # type: ignore[no-any-return]
+from tests.support.deadend import broker_advertising_a_dead_end
+from tests.support.env import ROOT
+from tests.support.kafka import make_topics, read_topic
+from wazza_hooks import contract
+from wazza_tools.dev.localbroker import LocalBroker
 
 
 async def test_the_same_event_delivered_five_times_is_applied_once(
@@ -65,7 +54,7 @@ async def test_the_same_event_delivered_five_times_is_applied_once(
     before = counter("completion", "job.completed", "duplicate")
     await publish(broker.bootstrap_servers, topics.raw, [raw] * 5)
 
-    async with running(store, settings_for(broker, topics), BUILTIN["completion"]):
+    async with running(store, settings_on(broker, topics), BUILTIN["completion"]):
         await until(lambda: offsets_reach(store, "completion", 5), "5 records consumed")
 
     state = await job(store, "job_dup")
@@ -94,7 +83,7 @@ async def test_shuffled_delivery_reaches_the_state_the_order_rules_require(
 
     async with running(
         store,
-        settings_for(broker, topics),
+        settings_on(broker, topics),
         *(BUILTIN[s] for s in ("progress", "completion", "failure")),
     ):
         for service in ("progress", "completion", "failure"):
@@ -134,7 +123,7 @@ async def test_a_record_whose_handler_keeps_failing_is_dead_lettered_and_the_res
     bodies = [completed(j, "2025-10-22T10:30:00Z") for j in ("job_a", "job_poison", "job_b")]
     await publish(broker.bootstrap_servers, topics.raw, bodies)
 
-    async with running(store, settings_for(broker, topics), service) as [runtime]:
+    async with running(store, settings_on(broker, topics), service) as [runtime]:
         await until(lambda: offsets_reach(store, "picky", 3), "3 records consumed")
 
     assert sorted(r[0] for r in await rows(store, "SELECT job_id FROM picked")) == [
@@ -166,7 +155,7 @@ async def test_the_readme_extension_example_runs_against_the_real_broker_and_sto
     ]
     await publish(broker.bootstrap_servers, topics.raw, bodies + bodies[:1])
 
-    async with running(store, settings_for(broker, topics), service):
+    async with running(store, settings_on(broker, topics), service):
         await until(lambda: offsets_reach(store, "deliveries", 3), "3 records consumed")
 
     assert [tuple(r) for r in await rows(store, "SELECT job_id, url FROM deliveries")] == [
@@ -187,7 +176,7 @@ async def test_lag_and_assignment_are_measured(broker: LocalBroker, store: Store
         topics.raw,
         [progress(f"job_{i}", 10, "2025-10-22T10:00:00Z") for i in range(20)],
     )
-    async with running(store, settings_for(broker, topics), BUILTIN["progress"]):
+    async with running(store, settings_on(broker, topics), BUILTIN["progress"]):
         await until(lambda: offsets_reach(store, "progress", 20), "20 records consumed")
         assigned = consumer_metrics.ASSIGNED.labels("progress")._value.get()
         lags = [consumer_metrics.LAG.labels("progress", str(p))._value.get() for p in range(2)]
@@ -207,7 +196,7 @@ async def test_records_of_other_types_are_counted_as_skipped_and_their_offsets_s
     before = {t: counter("failure", t, "skipped") for t in ("job.processing", "job.completed")}
     applied_before = counter("failure", "job.failed", "applied")
     await publish(broker.bootstrap_servers, topics.raw, [*others, mine])
-    async with running(store, settings_for(broker, topics), BUILTIN["failure"]):
+    async with running(store, settings_on(broker, topics), BUILTIN["failure"]):
         await until(lambda: offsets_reach(store, "failure", 41), "41 records consumed")
     assert counter("failure", "job.processing", "skipped") - before["job.processing"] == 30
     assert counter("failure", "job.completed", "skipped") - before["job.completed"] == 10
@@ -230,7 +219,7 @@ async def test_a_service_schema_waits_out_a_store_locked_at_start(
     locker = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")
     try:
-        async with running(store, settings_for(broker, topics), service):
+        async with running(store, settings_on(broker, topics), service):
             await asyncio.sleep(2.5)  # past the 1 s busy timeout, twice
             locker.execute("COMMIT")
             await until(lambda: offsets_reach(store, "deliveries", 1), "the record consumed")
@@ -280,7 +269,7 @@ async def test_a_stop_during_a_start_that_hangs_ends_the_service_at_once(store: 
     out when the service is told to stop: a SIGTERM during a slow group join must not take the
     whole start bound (30 s)."""
     with broker_advertising_a_dead_end() as bootstrap:
-        settings = helpers.settings_for(bootstrap, "deadend.raw", "deadend.dlq")
+        settings = settings_for(bootstrap, "deadend.raw", "deadend.dlq")
         async with running(store, settings, BUILTIN["completion"]) as [runtime]:
             await asyncio.sleep(1.0)  # inside the producer's start now
             assert runtime.not_ready() == "not_joined"
@@ -297,7 +286,7 @@ async def test_a_service_says_what_it_does_on_start_join_while_busy_and_on_stop(
     monkeypatch.setattr(consumers.runtime, "_SUMMARY_SECONDS", 0.5)
     caplog.set_level(logging.INFO, logger="wazza.consumers.runtime")
     topics = await make_topics(broker.bootstrap_servers, partitions=2)
-    settings = settings_for(broker, topics)
+    settings = settings_on(broker, topics)
     await publish(
         broker.bootstrap_servers,
         topics.raw,
@@ -363,7 +352,7 @@ async def test_only_the_partition_whose_stored_offset_lies_beyond_its_end_is_rea
     taken from its first record again (its old events counted as duplicates, nothing applied
     twice), the two others go on where they stood."""
     topics = await make_topics(broker.bootstrap_servers, partitions=3)
-    settings = settings_for(broker, topics)
+    settings = settings_on(broker, topics)
     first = [progress(f"job_a{i}", 10, "2025-10-22T10:00:00Z") for i in range(30)]
     await publish(broker.bootstrap_servers, topics.raw, first)
     async with running(store, settings, BUILTIN["progress"]):
@@ -401,10 +390,10 @@ async def test_a_raw_topic_deleted_and_recreated_while_the_service_runs_is_read_
     ones: only its new topic id tells it apart. Every new event is applied, each once."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from wazza_hooks.topics import ensure_topics
+    from wazza_tools.dev.topics import ensure_topics
 
     topics = await make_topics(broker.bootstrap_servers, partitions=2)
-    settings = settings_for(broker, topics)
+    settings = settings_on(broker, topics)
     resets = resets_counted("completion")
     first = [completed(f"job_c{i}", "2025-10-22T10:00:00Z") for i in range(10)]
     await publish(broker.bootstrap_servers, topics.raw, first)
@@ -419,7 +408,7 @@ async def test_a_raw_topic_deleted_and_recreated_while_the_service_runs_is_read_
             # Apache Kafka answers the deletion before its broker has applied it; a create
             # meanwhile finds the old topic "already exists", and the test would go on
             # publishing to the old log. (Tansu recreates a topic asked about: a new id too.)
-            deadline = time.monotonic() + helpers.SETTLE_SECONDS
+            deadline = time.monotonic() + SETTLE_SECONDS
             while await topic_id_now(admin, topics.raw) == old_id:
                 assert time.monotonic() < deadline, "the deleted topic is still served"
                 await asyncio.sleep(0.05)

@@ -14,8 +14,7 @@ from consumers.log_identity import Stored
 from consumers.service import BUILTIN
 from consumers.store import Store, StoreError, StoreUnavailable, Tx, open_store
 from consumers.store.schema import MIGRATIONS
-
-from .helpers import completed, envelope_of, job, progress
+from tests.support.consumers import completed, envelope_of, job, progress
 
 
 def record(offset: int, raw: bytes, partition: int = 0) -> Record:

@@ -6,9 +6,8 @@ from __future__ import annotations
 from consumers.batch import Record, apply_batch
 from consumers.service import BUILTIN
 from consumers.store import Store, Tx
+from tests.support.consumers import completed, envelope_of, progress, rows
 from wazza_hooks import contract
-
-from .helpers import completed, envelope_of, progress, rows
 
 COLUMNS = [
     ("job_id", "text"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import yaml
 
-from .artifacts import (
+from tests.support.deploy import (
     DEPLOY,
     base_name,
     dashboard,

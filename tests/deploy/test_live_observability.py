@@ -28,13 +28,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import BIN, SECRET, Topics, make_topics, subprocess_env
-from tests.consumers.helpers import publish
-from tests.signing import completed_body, failed_body, sign_wazza
-from wazza_hooks.localbroker import LocalBroker, free_port
-
-from ..processes import Running, running
-from .artifacts import (
+from tests.support.consumers import publish
+from tests.support.deploy import (
     PROMETHEUS_OWN_SERIES,
     RULES,
     Query,
@@ -46,6 +41,11 @@ from .artifacts import (
     require_tool,
     rule_queries,
 )
+from tests.support.env import BIN, SECRET, subprocess_env
+from tests.support.kafka import Topics, make_topics
+from tests.support.processes import Running, running
+from tests.support.signing import completed_body, failed_body, sign_wazza
+from wazza_tools.dev.localbroker import LocalBroker, free_port
 
 pytestmark = pytest.mark.slow
 

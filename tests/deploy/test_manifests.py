@@ -17,9 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.conftest import ROOT
-
-from .artifacts import (
+from tests.support.deploy import (
     COMPOSE,
     DEPLOY,
     DOCKERFILE,
@@ -28,6 +26,7 @@ from .artifacts import (
     require_tool,
     yaml_documents,
 )
+from tests.support.env import ROOT
 
 # Each validator reads a few small files; generous for a loaded CI machine.
 TOOL_SECONDS = 120

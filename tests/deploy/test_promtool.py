@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .artifacts import PROMETHEUS_CONFIG, RULE_TESTS, RULES, require_tool, rule_queries
+from tests.support.deploy import PROMETHEUS_CONFIG, RULE_TESTS, RULES, require_tool, rule_queries
 
 # promtool checks a handful of small files in well under a second.
 PROMTOOL_SECONDS = 60

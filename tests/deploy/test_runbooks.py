@@ -18,9 +18,8 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import ROOT
-
-from .artifacts import RULE_TESTS, RULES, require_tool
+from tests.support.deploy import RULE_TESTS, RULES, require_tool
+from tests.support.env import ROOT
 
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
 RUNBOOK_PREFIX = "{{ with $externalLabels.runbook_base }}{{ . }}/{{ end }}"

@@ -15,11 +15,17 @@ from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
 from ingest.app import build_app
+from tests.support.env import SECRET
+from tests.support.kafka import Topics, ingest_settings, read_topic
+from tests.support.signing import (
+    completed_body,
+    failed_body,
+    processing_body,
+    sign_standard,
+    sign_wazza,
+)
 from wazza_hooks import contract
-from wazza_hooks.localbroker import LocalBroker
-
-from ..conftest import SECRET, Topics, ingest_settings, read_topic
-from ..signing import completed_body, failed_body, processing_body, sign_standard, sign_wazza
+from wazza_tools.dev.localbroker import LocalBroker
 
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -377,7 +383,7 @@ async def test_an_ingester_started_before_its_broker_answers_503_then_serves_onc
             assert answer["error"] == "broker_unavailable"
 
             offline.start()
-            from wazza_hooks.topics import ensure_topics
+            from wazza_tools.dev.topics import ensure_topics
 
             await ensure_topics(offline.bootstrap_servers, {"late.raw": 2, "late.quarantine": 2})
             deadline = time.monotonic() + 20

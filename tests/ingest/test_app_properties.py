@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from ingest.app import build_app
 from ingest.edges import EdgeLimits, start_runner
-
-from ..conftest import SECRET, Topics, ingest_settings
-from ..signing import sign_wazza
+from tests.support.env import SECRET
+from tests.support.kafka import Topics, ingest_settings
+from tests.support.signing import sign_wazza
 
 HEADER_NAMES = [
     "X-Wazza-Signature",

@@ -5,7 +5,6 @@ without restarting the ingester."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
@@ -16,12 +15,13 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
 from ingest.app import build_app
-from wazza_hooks.apache_kafka import ApacheKafka
-from wazza_hooks.localbroker import LocalBroker
-from wazza_hooks.topics import ensure_topics
-
-from ..conftest import SECRET, Topics, ingest_settings, read_topic
-from ..signing import completed_body, sign_wazza
+from tests.support.env import SECRET
+from tests.support.kafka import Topics, ingest_settings, read_topic
+from tests.support.processes import hang
+from tests.support.signing import completed_body, sign_wazza
+from wazza_tools.dev.apache_kafka import ApacheKafka
+from wazza_tools.dev.localbroker import LocalBroker
+from wazza_tools.dev.topics import ensure_topics
 
 DEADLINE = 1.0
 # The answer comes at the deadline, plus the loop turn that notices it: on a loaded 2-core CI
@@ -46,32 +46,6 @@ async def wait_ready(http: ClientSession, url: str) -> None:
                 return
         await asyncio.sleep(0.05)
     pytest.fail("the ingester never became ready")
-
-
-def thread_states(pid: int) -> list[str]:
-    """The scheduler state letter of each thread of the process (R, S, T for stopped...)."""
-    states = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):  # a thread that ended meanwhile
-            stat = (task / "stat").read_text()
-            states.append(stat[stat.rindex(")") + 2])  # the field after the (name)
-    return states
-
-
-async def hang(pid: int) -> None:
-    """SIGSTOP the process and return once every thread of it has stopped.
-
-    kill() returns before the stop takes hold: the kernel wakes one thread to start the group
-    stop, and on a loaded machine the others may go on for milliseconds, answering a produce
-    request sent meanwhile (seen in CI as a 200 among the hung broker's answers)."""
-    os.kill(pid, signal.SIGSTOP)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        states = thread_states(pid)
-        if states and all(state in "Tt" for state in states):
-            return
-        await asyncio.sleep(0.005)
-    pytest.fail(f"the broker (pid {pid}) did not stop within 10 s of SIGSTOP")
 
 
 async def create_topics(broker: LocalBroker | ApacheKafka) -> None:

@@ -15,11 +15,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import BIN, SECRET, Topics, subprocess_env
-from tests.signing import completed_body, sign_wazza
-from wazza_hooks.localbroker import LocalBroker, free_port, port_in_use
-
-from ..processes import Running, running
+from tests.support.env import BIN, SECRET, subprocess_env
+from tests.support.kafka import Topics
+from tests.support.processes import Running, running
+from tests.support.signing import completed_body, sign_wazza
+from wazza_tools.dev.localbroker import LocalBroker, free_port, port_in_use
 
 pytestmark = pytest.mark.slow
 

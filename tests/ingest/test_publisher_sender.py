@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 
 from ingest.publisher import KafkaPublisher, PublishError
-from wazza_hooks.localbroker import LocalBroker
-from wazza_hooks.topics import ensure_topics
-
-from ..conftest import make_topics, read_topic
-from .test_broker_outage import hang
+from tests.support.kafka import make_topics, read_topic
+from tests.support.processes import hang
+from wazza_tools.dev.localbroker import LocalBroker
+from wazza_tools.dev.topics import ensure_topics
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,7 @@ import pytest
 import ingest.publisher
 import wazza_hooks.producers
 from ingest.publisher import KafkaPublisher, PublishError
-
-from ..deadend import broker_advertising_a_dead_end
+from tests.support.deadend import broker_advertising_a_dead_end
 
 pytestmark = pytest.mark.slow
 

@@ -22,12 +22,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingest.metrics import FOLD_SECONDS
-from tests.conftest import BIN, SECRET, Topics, make_topics, read_topic, subprocess_env
-from tests.signing import completed_body, sign_wazza
+from tests.support.env import BIN, SECRET, subprocess_env
+from tests.support.kafka import Topics, make_topics, read_topic
+from tests.support.processes import Running, alive, running, stat_fields
+from tests.support.signing import completed_body, sign_wazza
 from wazza_hooks import contract
-from wazza_hooks.localbroker import LocalBroker, broker_binary, free_port, port_in_use
-
-from ..processes import Running, alive, running, stat_fields
+from wazza_tools.dev.localbroker import LocalBroker, broker_binary, free_port, port_in_use
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ from ingest.signature import (
     decode_standard_secret,
     verify,
 )
-from tests.signing import (
+from tests.support.signing import (
     completed_body,
     failed_body,
     processing_body,

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from tests.signing import completed_body, failed_body
+from tests.support.signing import completed_body, failed_body
 from wazza_hooks import contract
 from wazza_hooks.contract import ContractError, DeadLetter, RawEnvelope
 

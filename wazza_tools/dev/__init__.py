@@ -1,0 +1,1 @@
+"""The system run locally: the dev stack, the local brokers (Apache Kafka, Tansu), topics."""

@@ -1,0 +1,1 @@
+"""Working on a running system: jobs, replay, dead letters, schema migrations."""

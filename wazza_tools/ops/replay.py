@@ -1,0 +1,156 @@
+"""Moving a service back over its history (`wazza-hooks replay`).
+
+A replay only lowers the service's offsets in the store (the source of truth, docs/architecture.md
+"Effectively-once consumption"); it never raises one, so it never skips a record. Safe while
+the service runs:
+
+- the update is one store transaction, serialised with the service's batches by the same row
+  locks (PostgreSQL) or the database lock (SQLite): a batch in flight either commits first (and
+  the replay's lower offset overwrites it) or sees the lowered offset in its offset guard,
+  writes nothing for that partition and seeks there;
+- an idle partition has no batch to notice it: the runtime compares the stored offsets with its
+  positions every second and seeks where the store went back (`ConsumerRuntime._reconcile`);
+- a stopped service seeks to the stored offsets when it starts, as always.
+
+The records read again keep their dedup keys, so each is a `duplicate`: no state changes and no
+history row is added. Only keys pruned after the retention window (events applied longer ago)
+would be applied again; `plan_replay` counts those and the command refuses unless told.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from consumers.store import Store, Tx
+from wazza_tools.ops.connect import known_services, unknown_service
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionMove:
+    """One partition of a replay."""
+
+    partition: int
+    """The raw topic's partition."""
+    stored: int
+    """The next offset the store held before the replay."""
+    target: int
+    """The next offset after it (never above `stored`)."""
+    reapplied: int
+    """Events in the range whose dedup keys were pruned: they would be applied again."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPlan:
+    """What a replay would do for one service."""
+
+    service: str
+    """The consumer service (the name in the store and in history rows)."""
+    topic: str
+    """The raw topic."""
+    since_ms: int | None
+    """Re-read what the service took at or after this time; None: from the beginning."""
+    moves: tuple[PartitionMove, ...]
+    """Every partition the store holds an offset for, in partition order."""
+
+    @property
+    def records(self) -> int:
+        """How many records will be read again."""
+        return sum(m.stored - m.target for m in self.moves)
+
+    @property
+    def reapplied(self) -> int:
+        """How many of their events would be applied again (dedup keys pruned)."""
+        return sum(m.reapplied for m in self.moves)
+
+
+async def plan_replay(
+    store: Store,
+    service: str,
+    topic: str,
+    log_starts: dict[int, int],
+    since_ms: int | None,
+) -> ReplayPlan:
+    """The replay's new offsets; raises OpsError for a service the store has never seen.
+
+    From the beginning, each partition goes back to the first offset Kafka still holds
+    (`log_starts`). From a time, to the first record the service took at or after it, by its
+    own history (`job_events.applied_ms`): that covers every record received after the time,
+    and works alike on every broker (the local one answers offsets_for_times wrongly).
+    """
+    async with store.reader() as tx:
+        rows = await tx.fetchall(
+            "SELECT kafka_partition, next_offset FROM consumer_offsets "
+            "WHERE service = ? AND topic = ? ORDER BY kafka_partition",
+            service,
+            topic,
+        )
+        if not rows:
+            raise unknown_service(service, topic, await known_services(tx, topic))
+        stored = {int(p): int(o) for p, o in rows}
+        firsts: dict[int, int] = {}
+        if since_ms is not None:
+            found = await tx.fetchall(
+                "SELECT kafka_partition, MIN(kafka_offset) FROM job_events "
+                "WHERE service = ? AND topic = ? AND applied_ms >= ? GROUP BY kafka_partition",
+                service,
+                topic,
+                since_ms,
+            )
+            firsts = {int(p): int(o) for p, o in found}
+        moves = []
+        for partition, offset in sorted(stored.items()):
+            start = log_starts.get(partition, 0)
+            target = start if since_ms is None else max(start, firsts.get(partition, offset))
+            target = min(target, offset)
+            reapplied = await _reapplied(tx, service, topic, partition, target, offset)
+            moves.append(PartitionMove(partition, offset, target, reapplied))
+    return ReplayPlan(service, topic, since_ms, tuple(moves))
+
+
+async def _reapplied(tx: Tx, service: str, topic: str, partition: int, start: int, end: int) -> int:
+    if start >= end:
+        return 0
+    row = await tx.fetchone(
+        "SELECT COUNT(*) FROM job_events e WHERE e.service = ? AND e.topic = ? "
+        "AND e.kafka_partition = ? AND e.kafka_offset >= ? AND e.kafka_offset < ? "
+        "AND NOT EXISTS (SELECT 1 FROM processed_events p "
+        "WHERE p.service = e.service AND p.event_id = e.event_id)",
+        service,
+        topic,
+        partition,
+        start,
+        end,
+    )
+    return int(row[0]) if row else 0
+
+
+async def apply_replay(store: Store, plan: ReplayPlan) -> list[PartitionMove]:
+    """Lower the stored offsets in one transaction; the moves made, from the offsets held then.
+
+    Each row is read locked, in partition order as the batches lock them (so the two cannot
+    deadlock), and only ever lowered: a batch that committed since the plan is overwritten,
+    never a replay undone, and `stored` says where the partition really was.
+    """
+    done = []
+    async with store.transaction() as tx:
+        for move in plan.moves:
+            row = await tx.fetchone(
+                "SELECT next_offset FROM consumer_offsets "  # noqa: S608 - a constant suffix
+                f"WHERE service = ? AND topic = ? AND kafka_partition = ?{tx.for_update()}",
+                plan.service,
+                plan.topic,
+                move.partition,
+            )
+            if row is None or int(row[0]) <= move.target:
+                continue
+            await tx.execute(
+                "UPDATE consumer_offsets SET next_offset = ? "
+                "WHERE service = ? AND topic = ? AND kafka_partition = ?",
+                move.target,
+                plan.service,
+                plan.topic,
+                move.partition,
+            )
+            done.append(dataclasses.replace(move, stored=int(row[0])))
+    return done
