@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Callable, Mapping
 from typing import Final
@@ -72,6 +73,13 @@ def port_argument(lowest: int = 0, note: str = "") -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, in the user part or in a `password=` parameter (in any
+    case): the one redactor every log line and message that names a store goes through."""
+    hidden = re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", url)
+    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", hidden)
 
 
 class Secret:

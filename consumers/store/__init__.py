@@ -7,9 +7,12 @@ the PostgreSQL store numbers them (`$1`, ...) for asyncpg.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
+
+from wazza_hooks.config import redact_url
 
 # Values per `IN (...)` list: under SQLite's historical limit of 999 bound variables.
 IN_LIST_CHUNK = 500
@@ -29,6 +32,23 @@ class StoreUnavailable(StoreError):
     """The database cannot be reached or is locked: wait and retry, never skip (DESIGN.md)."""
 
     retriable = True
+
+
+class StoreMissing(StoreError):
+    """A SQLite file that does not exist, where an existing store was asked for."""
+
+
+def store_problem(exc: BaseException, url: str) -> str | None:
+    """The one-line message for a store failure: a `StoreError`, or an error of a driver
+    (sqlite3, asyncpg) or the OS under it raised mid-command; None for anything else (a bug,
+    to let show). Names the store, password hidden."""
+    if not isinstance(exc, StoreError | sqlite3.Error | OSError) and not type(
+        exc
+    ).__module__.startswith("asyncpg"):
+        return None
+    shown = redact_url(url)
+    text = str(exc) or repr(exc)
+    return text if shown in text else f"the store at {shown}: {text}"
 
 
 class Tx(Protocol):
@@ -103,3 +123,36 @@ async def open_store(url: str, *, pool_size: int = 4, migrate: bool = True) -> S
 
         return await PostgresStore.open(url, pool_size=pool_size, migrate=migrate)
     raise StoreError(f"DATABASE_URL must start with sqlite:/// or postgresql://, got {url[:20]!r}")
+
+
+def refuse_missing_sqlite(url: str) -> None:
+    """Raise `StoreMissing` for a SQLite URL whose file does not exist: opening it would create
+    an empty store nobody writes to. The one place the tools' refusal is worded."""
+    if not url.startswith("sqlite:"):
+        return
+    from .sqlite import sqlite_path
+
+    path = sqlite_path(url)
+    if not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
+        raise StoreMissing(
+            f"no store at {redact_url(url)}: the SQLite file {path.absolute()} {what} "
+            "(point DATABASE_URL or --database-url at the consumers' store; `make run` "
+            "keeps it at ./var/wazza.db)"
+        )
+
+
+async def open_existing_store(url: str, *, migrate: bool = True) -> Store:
+    """`open_store` for the tools, which read or change a store the consumers made: a missing
+    SQLite file is refused (`refuse_missing_sqlite`), and every driver error becomes a
+    `StoreError` naming the store."""
+    refuse_missing_sqlite(url)
+    try:
+        return await open_store(url, migrate=migrate)
+    except StoreError:
+        raise
+    except Exception as exc:
+        message = store_problem(exc, url)
+        if message is None:
+            raise
+        raise StoreUnavailable(message) from exc

@@ -14,6 +14,8 @@ from typing import Any
 
 import asyncpg
 
+from wazza_hooks.config import redact_url
+
 from . import Column, StoreError, StoreUnavailable
 from .migrations import require_current
 from .schema import MIGRATIONS, VERSION_TABLE
@@ -60,12 +62,6 @@ _UNAVAILABLE = (
 def _numbered(sql: str) -> str:
     counter = iter(range(1, 10_000))
     return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
-
-
-def _redacted(url: str) -> str:
-    """The URL without its password, in the userinfo or in a `password=` parameter."""
-    hidden = re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", url)
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", hidden)
 
 
 class _PgTx:
@@ -161,7 +157,7 @@ class PostgresStore:
     """The store in a PostgreSQL database."""
 
     def __init__(self, url: str, pool: asyncpg.Pool) -> None:
-        self.url = _redacted(url)
+        self.url = redact_url(url)
         self._pool = pool
 
     @classmethod
@@ -181,10 +177,10 @@ class PostgresStore:
             # Waiting does not change these: the URL names a user, password or database the
             # server does not have.
             raise StoreError(
-                f"PostgreSQL at {_redacted(url)} refused the login: {exc} (check DATABASE_URL)"
+                f"PostgreSQL at {redact_url(url)} refused the login: {exc} (check DATABASE_URL)"
             ) from exc
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
-            raise StoreUnavailable(f"cannot reach PostgreSQL at {_redacted(url)}: {exc}") from exc
+            raise StoreUnavailable(f"cannot reach PostgreSQL at {redact_url(url)}: {exc}") from exc
         store = cls(url, pool)
         try:
             async with pool.acquire() as conn, conn.transaction():
@@ -192,7 +188,7 @@ class PostgresStore:
                 await conn.execute(VERSION_TABLE)
                 current = await conn.fetchval("SELECT MAX(version) FROM schema_version") or 0
                 if not migrate:
-                    require_current(current, _redacted(url))
+                    require_current(current, redact_url(url))
                 for number, statements in enumerate(MIGRATIONS, start=1):
                     if number <= current:
                         continue
@@ -204,7 +200,7 @@ class PostgresStore:
             raise
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
             await pool.close()
-            raise StoreError(f"cannot migrate PostgreSQL at {_redacted(url)}: {exc}") from exc
+            raise StoreError(f"cannot migrate PostgreSQL at {redact_url(url)}: {exc}") from exc
         return store
 
     async def _acquire(self) -> asyncpg.Connection:

@@ -21,7 +21,6 @@ import asyncio
 import dataclasses
 import logging
 import re
-import sqlite3
 import sys
 import time
 from collections.abc import Awaitable
@@ -31,9 +30,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from consumers.settings import ConsumerSettings
-from consumers.store import StoreError
+from consumers.store import store_problem
 from wazza_hooks.config import ConfigError
-from wazza_tools.ops.jobs import iso_time, printable, redacted
+from wazza_tools.ops.jobs import iso_time, printable
 
 if TYPE_CHECKING:
     from consumers.batch import KeptDeadLetter
@@ -68,19 +67,13 @@ def run_ops(args: argparse.Namespace) -> int:
             return _run(_dlq_redrive(args, settings))
     except OpsError as exc:
         return _refuse(args, str(exc), exc.exit_code)
-    except (StoreError, OSError, sqlite3.Error) as exc:
+    except Exception as exc:
         # The store went away or stayed locked mid-command (a transaction rolls back whole).
-        shown = redacted(settings.database_url)
-        message = str(exc) if shown in str(exc) else f"the store at {shown}: {exc}"
+        message = store_problem(exc, settings.database_url)
+        if message is None:
+            raise  # not the store's: a bug, to show whole
         # A redrive cut off between its copy and its mark is finished by the next one.
         return _refuse(args, f"{message} (run the command again: it finishes what was left)", 1)
-    except Exception as exc:
-        # asyncpg's own errors (a server going away mid-command): still a store problem to
-        # report in one line. Anything else is a bug: let it show.
-        if not type(exc).__module__.startswith("asyncpg"):
-            raise
-        shown = redacted(settings.database_url)
-        return _refuse(args, f"the store at {shown}: {exc!r} (run the command again)", 1)
     return 2  # pragma: no cover - argparse only lets the commands above through
 
 

@@ -6,17 +6,15 @@ whose message is one line naming the place (password hidden), for the command to
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from consumers.store import Store, StoreError, Tx, open_store
+from consumers.store import Store, StoreError, Tx, open_existing_store
 from wazza_hooks.kafka_client import PLAINTEXT, KafkaSecurity
 from wazza_hooks.producers import refusal, start_problem
-from wazza_tools.ops.jobs import redacted
 
 # A reachable broker answers metadata and offset requests in milliseconds; an unreachable one is
 # reported after this long rather than leaving an operator's terminal hanging.
@@ -37,26 +35,12 @@ class UsageError(OpsError):
 
 @asynccontextmanager
 async def store_at(url: str) -> AsyncIterator[Store]:
-    """The consumers' store at `url`, migrated; a SQLite file that does not exist is refused
-    (opening it would create an empty store that no consumer writes to)."""
-    shown = redacted(url)
-    if url.startswith("sqlite:"):
-        from consumers.store.sqlite import sqlite_path
-
-        try:
-            path = sqlite_path(url)
-        except StoreError as exc:
-            raise OpsError(str(exc)) from exc
-        if not path.is_file():
-            raise OpsError(
-                f"no store at {shown}: the SQLite file {path.absolute()} does not exist "
-                "(point DATABASE_URL or --database-url at the consumers' store)"
-            )
+    """The consumers' store at `url`, migrated; one that does not exist is refused
+    (`open_existing_store`), and every failure to open it is an `OpsError`."""
     try:
-        store = await open_store(url)
-    except (StoreError, OSError, sqlite3.Error) as exc:
-        message = str(exc) if shown in str(exc) else f"cannot open the store at {shown}: {exc}"
-        raise OpsError(message) from exc
+        store = await open_existing_store(url)
+    except StoreError as exc:
+        raise OpsError(str(exc)) from exc
     try:
         yield store
     finally:

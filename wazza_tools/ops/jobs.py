@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import re
-import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -26,7 +25,7 @@ import orjson
 
 from consumers.jobs import JOB_COLUMNS, row_to_state
 from consumers.state import JobState
-from consumers.store import Store, StoreError, Tx, open_store
+from consumers.store import Store, Tx, open_existing_store, store_problem
 from wazza_hooks.config import whole_number
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/wazza.db"
@@ -36,10 +35,6 @@ MAX_LIMIT = 10_000
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _T = TypeVar("_T")
-
-
-class _Refused(Exception):
-    """A reason to stop with exit 1 and a one-line message (no traceback)."""
 
 
 class _NotFound(Exception):
@@ -106,9 +101,7 @@ def add_jobs_parser(sub: Any) -> None:
 def run_jobs(args: argparse.Namespace) -> int:
     """Run `wazza-hooks jobs ACTION`; returns the exit code (0, or 1 with a message on stderr)."""
     url = args.database_url or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-    shown = redacted(url)
     try:
-        _check_sqlite_file(url, shown)
         if args.jobs_command == "show":
             job = _read(url, lambda tx: _job(tx, args.job_id))
             _emit(args, job, lambda: _job_text(job))
@@ -133,19 +126,11 @@ def run_jobs(args: argparse.Namespace) -> int:
         if args.json:
             _print_json({"error": "not_found", "jobId": args.job_id})
         return 1
-    except _Refused as exc:
-        print(f"wazza-hooks: {exc}", file=sys.stderr)
-        return 1
-    except (StoreError, OSError, sqlite3.Error, ValueError) as exc:
-        message = str(exc) if shown in str(exc) else f"cannot read the store at {shown}: {exc}"
-        print(f"wazza-hooks: {message}", file=sys.stderr)
-        return 1
     except Exception as exc:
-        # asyncpg's own errors (a query cancelled, a server going away mid-read, ...): still
-        # a store problem to report in one line. Anything else is a bug: let it show.
-        if not type(exc).__module__.startswith("asyncpg"):
-            raise
-        print(f"wazza-hooks: cannot read the store at {shown}: {exc!r}", file=sys.stderr)
+        message = store_problem(exc, url)
+        if message is None:
+            raise  # not the store's: a bug, to show whole
+        print(f"wazza-hooks: {message}", file=sys.stderr)
         return 1
     return 0
 
@@ -153,31 +138,9 @@ def run_jobs(args: argparse.Namespace) -> int:
 # --- reading ----------------------------------------------------------------------------------
 
 
-def redacted(url: str) -> str:
-    """The URL without its password (in the user part or a `password=` parameter)."""
-    url = re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", url)
-    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
-
-
-def _check_sqlite_file(url: str, shown: str) -> None:
-    """Refuse a SQLite URL whose file does not exist: opening it would create an empty store."""
-    if not url.startswith("sqlite:"):
-        return
-    from consumers.store.sqlite import sqlite_path
-
-    path = sqlite_path(url)
-    if not path.exists():
-        raise _Refused(
-            f"no store at {shown}: the SQLite file {path.absolute()} does not exist "
-            "(point DATABASE_URL or --database-url at the consumers' store)"
-        )
-    if not path.is_file():
-        raise _Refused(f"no store at {shown}: {path.absolute()} is not a file")
-
-
 def _read(url: str, query: Callable[[Tx], Awaitable[_T]]) -> _T:
     async def run() -> _T:
-        store: Store = await open_store(url)
+        store: Store = await open_existing_store(url)
         try:
             async with store.reader() as tx:
                 return await query(tx)

@@ -17,7 +17,7 @@ import sys
 
 from consumers.store import StoreError, open_store
 from consumers.store.migrations import KNOWN, listing, refuse_newer, sqlite_version
-from wazza_tools.ops.jobs import redacted
+from wazza_hooks.config import redact_url
 
 
 def add_migrate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,7 +49,7 @@ def add_migrate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 def run_migrate(args: argparse.Namespace) -> int:
     """Run `wazza-hooks migrate`; returns the exit code."""
     url = args.database_url or os.environ.get("DATABASE_URL") or "sqlite:///./var/wazza.db"
-    shown = redacted(url)
+    shown = redact_url(url)
     try:
         return asyncio.run(_migrate(url, shown, args.show))
     except (StoreError, OSError, sqlite3.Error) as exc:
@@ -100,7 +100,7 @@ async def store_version(url: str) -> int:
         try:
             conn = await asyncpg.connect(dsn, timeout=_CONNECT_TIMEOUT_SECONDS)
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-            raise StoreError(f"cannot reach PostgreSQL at {redacted(url)}: {exc}") from exc
+            raise StoreError(f"cannot reach PostgreSQL at {redact_url(url)}: {exc}") from exc
         try:
             if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
                 return 0

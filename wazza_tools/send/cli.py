@@ -16,14 +16,13 @@ import argparse
 import asyncio
 import os
 import secrets
-import sqlite3
 import sys
 import time
 from typing import TYPE_CHECKING
 
 import aiohttp
 
-from wazza_hooks.config import plural
+from wazza_hooks.config import plural, redact_url
 from wazza_tools.send import webhooks as sender
 from wazza_tools.send.args import DEFAULT_DATABASE_URL
 from wazza_tools.send.register import register_webhook
@@ -35,7 +34,7 @@ if TYPE_CHECKING:  # the engines are imported by the command that runs them, not
 
 def run_sender(args: argparse.Namespace) -> int:
     """Run one sender-side subcommand; returns the exit code."""
-    from consumers.store import StoreError
+    from consumers.store import store_problem
 
     try:
         if args.command == "send-test":
@@ -49,25 +48,13 @@ def run_sender(args: argparse.Namespace) -> int:
     except sender.SenderError as exc:
         print(f"wazza-hooks {args.command}: {exc}", file=sys.stderr)
         return 1
-    except (StoreError, sqlite3.Error) as exc:
-        _store_problem(args, exc)
-        return 1
     except Exception as exc:
-        # asyncpg's own errors (a server going away mid-read, ...) are a store problem to report
-        # in one line, as `jobs` does; anything else is a bug and shows its traceback.
-        if not type(exc).__module__.startswith("asyncpg"):
-            raise
-        _store_problem(args, exc)
+        message = store_problem(exc, _database_url(args))
+        if message is None:
+            raise  # not the store's: a bug, to show whole
+        print(f"wazza-hooks {args.command}: {message}", file=sys.stderr)
         return 1
     return 2
-
-
-def _store_problem(args: argparse.Namespace, exc: BaseException) -> None:
-    from wazza_tools.ops.jobs import redacted
-
-    url = redacted(_database_url(args))
-    message = str(exc) if url in str(exc) else f"cannot read the store at {url}: {exc}"
-    print(f"wazza-hooks {args.command}: {message}", file=sys.stderr)
 
 
 # --- send-test --------------------------------------------------------------------------------
@@ -213,24 +200,14 @@ def _database_url(args: argparse.Namespace) -> str:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from consumers.store import StoreUnavailable, open_store
-    from wazza_tools.ops.jobs import redacted
+    from consumers.store import StoreUnavailable, open_store, refuse_missing_sqlite
     from wazza_tools.send.expect import read_expect
     from wazza_tools.send.verify import Report, wait_for_match
 
     expected = read_expect(args.expect)
     url = _database_url(args)
-    shown = redacted(url)
-    if url.startswith("sqlite:"):
-        from consumers.store.sqlite import sqlite_path
-
-        path = sqlite_path(url)
-        if not path.is_file():
-            # Opening it would create an empty store and report every job missing.
-            raise sender.SenderError(
-                f"no store at {shown}: {path.absolute()} does not exist (point --database-url "
-                "or DATABASE_URL at the consumers' store; `make run` keeps ./var/wazza.db)"
-            )
+    shown = redact_url(url)
+    refuse_missing_sqlite(url)  # opening it would create an empty store, every job missing
     tty = sys.stderr.isatty()
 
     def polled(report: Report) -> None:
