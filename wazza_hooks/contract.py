@@ -42,6 +42,8 @@ H_DLQ_ERROR_MESSAGE = "wazza-dlq-error-message"
 H_DLQ_TOPIC = "wazza-dlq-original-topic"
 H_DLQ_PARTITION = "wazza-dlq-original-partition"
 H_DLQ_OFFSET = "wazza-dlq-original-offset"
+# On a raw record `dlq redrive` sent back: the dead letter it copies, as DLQ_TOPIC:PARTITION:OFFSET.
+H_REDRIVEN_FROM = "wazza-redriven-from"
 
 KafkaHeaders = list[tuple[str, bytes]]
 

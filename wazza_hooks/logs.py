@@ -13,7 +13,6 @@ import contextlib
 import logging
 import ssl
 import sys
-import time
 from typing import IO, Any
 
 import orjson
@@ -132,8 +131,3 @@ def setup_logging(service: str, level: str = "INFO") -> JsonLines:
     # the store is unreachable and that it retries.
     logging.getLogger("asyncpg").setLevel(logging.ERROR)
     return lines
-
-
-def now_ms() -> int:
-    """Milliseconds since the epoch."""
-    return time.time_ns() // 1_000_000

@@ -38,8 +38,6 @@ from wazza_tools.ops.connect import (
     partitions_of,
 )
 
-# Tells a redriven copy on the raw topic from the ingester's records: `dlq-topic:partition:offset`.
-H_REDRIVEN_FROM = "wazza-redriven-from"
 _DLQ_HEADERS = frozenset(
     {
         contract.H_DLQ_GROUP,
@@ -316,7 +314,10 @@ async def _send_back(
                     )
                 )
                 continue
-            headers = [*record.headers, (H_REDRIVEN_FROM, f"{dlq_topic}:{record.id}".encode())]
+            headers = [
+                *record.headers,
+                (contract.H_REDRIVEN_FROM, f"{dlq_topic}:{record.id}".encode()),
+            ]
             try:
                 meta = await asyncio.wait_for(
                     producer.send_and_wait(

@@ -32,7 +32,6 @@ from tests.support.ops import env_for, iso, one_line_refusal
 from wazza_hooks import contract
 from wazza_tools.dev.localbroker import LocalBroker, free_port
 from wazza_tools.ops.connect import OpsError, broker_writer
-from wazza_tools.ops.deadletters import H_REDRIVEN_FROM
 
 
 def picky_service(broken: dict[str, bool]) -> Service:
@@ -149,10 +148,10 @@ async def test_a_dead_letter_is_listed_then_redriven_once_for_its_service_only(
     assert await applications(store, "job_a") == 1
     records = await read_topic(broker.bootstrap_servers, topics.raw, expect=4)
     assert len(records) == 4  # one copy: the second and third redrive sent nothing
-    [copy] = [r for r in records if dict(r.headers).get(H_REDRIVEN_FROM)]
+    [copy] = [r for r in records if dict(r.headers).get(contract.H_REDRIVEN_FROM)]
     assert (copy.partition, copy.offset) == (done["raw"]["partition"], done["raw"]["offset"])
     assert (copy.key, copy.value) == (b"job_poison", bodies[1])
-    assert dict(copy.headers)[H_REDRIVEN_FROM] == f"{topics.dlq}:{dead_id}".encode()
+    assert dict(copy.headers)[contract.H_REDRIVEN_FROM] == f"{topics.dlq}:{dead_id}".encode()
     assert contract.RawEnvelope.from_headers(copy.headers).event_id == poison_id
     assert sorted(await history(store, "job_poison")) == [
         ("completion", "job.completed", poison_id, "applied"),
