@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-aiokafka-lowest lint bench clean tools
+.PHONY: install run test test-fast test-aiokafka-lowest lint bench clean tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +26,18 @@ run: $(STAMP)
 test: $(STAMP) tools
 	$(BIN)/pytest -n 3 --dist loadfile
 
+# The tests that need no broker, database or process (not marked `slow`): under a minute, for
+# the edit-test loop; `make test` runs everything.
+test-fast: $(STAMP)
+	$(BIN)/pytest -m 'not slow' -q
+
 # The lowest aiokafka the pin allows (pyproject.toml), in a venv of its own, against the tests of
 # the code that reaches into aiokafka's internals (the ingester's direct produce path, its
 # sender, the consumer runtime); `make test` covers the highest, which pip picks there.
 AIOKAFKA_LOWEST ?= 0.13.0
 LOWEST_VENV := .venv-aiokafka-lowest
 LOWEST_STAMP := $(LOWEST_VENV)/.installed-$(AIOKAFKA_LOWEST)
-AIOKAFKA_TESTS := tests/ingest/test_publisher_direct.py tests/ingest/test_publisher_sender.py \
+AIOKAFKA_TESTS := tests/ingest/test_publisher_direct.py tests/ingest/test_publisher_batched.py \
 	tests/ingest/test_app_kafka.py tests/consumers/test_runtime.py
 
 $(LOWEST_STAMP): pyproject.toml

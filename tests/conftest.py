@@ -22,6 +22,21 @@ from wazza_tools.dev.localbroker import LocalBroker
 # always.
 ENGINE = os.environ.get("WAZZA_TEST_ENGINE", "kafka")
 
+# The fixtures that start a broker or a database: a test taking any of them (directly or through
+# another fixture) is `slow`, out of `make test-fast`, and so is every test of tests/system/.
+# Tests that start processes of their own carry the mark themselves.
+_INFRA_FIXTURES = frozenset(
+    {"broker", "tansu_broker", "topics", "postgres_server", "postgres_dsn", "store_url", "store"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _INFRA_FIXTURES.intersection(getattr(item, "fixturenames", ())) or (
+            "system" in item.path.relative_to(Path(__file__).parent).parts[:1]
+        ):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker | ApacheKafka]:

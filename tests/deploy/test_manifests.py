@@ -28,6 +28,9 @@ from tests.support.deploy import (
 )
 from tests.support.env import ROOT
 
+# Runs the project's commands or external tools as processes.
+pytestmark = pytest.mark.slow
+
 # Each validator reads a few small files; generous for a loaded CI machine.
 TOOL_SECONDS = 120
 K8S_VERSION = kubernetes_validate.latest_version()

@@ -7,9 +7,13 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.support.deploy import PROMETHEUS_CONFIG, RULE_TESTS, RULES, require_tool, rule_queries
+
+# Runs the project's commands or external tools as processes.
+pytestmark = pytest.mark.slow
 
 # promtool checks a handful of small files in well under a second.
 PROMTOOL_SECONDS = 60

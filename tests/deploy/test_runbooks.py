@@ -16,10 +16,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.support.deploy import RULE_TESTS, RULES, require_tool
 from tests.support.env import ROOT
+
+# Runs the project's commands or external tools as processes.
+pytestmark = pytest.mark.slow
 
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
 RUNBOOK_PREFIX = "{{ with $externalLabels.runbook_base }}{{ . }}/{{ end }}"

@@ -364,6 +364,7 @@ async def test_health_readiness_and_metrics_answer(serve: ServerFactory) -> None
     assert "wazza_ingest_requests_in_flight" in text
 
 
+@pytest.mark.slow  # starts a broker of its own
 async def test_an_ingester_started_before_its_broker_answers_503_then_serves_once_it_is_up(
     tmp_path: Any,
 ) -> None:

@@ -14,6 +14,9 @@ from tests.support.env import BIN, subprocess_env
 from wazza_hooks.config import version
 from wazza_tools.cli import _parser as hooks_parser
 
+# Runs the project's commands or external tools as processes.
+pytestmark = pytest.mark.slow
+
 
 def every_parser() -> Iterator[tuple[str, argparse.ArgumentParser]]:
     """Each command and subcommand's parser, with its name."""

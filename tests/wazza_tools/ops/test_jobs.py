@@ -23,6 +23,9 @@ from tests.support.consumers import body, completed, envelope_of, failed, progre
 from tests.support.env import subprocess_env
 from wazza_hooks import contract
 
+# Runs the project's commands or external tools as processes.
+pytestmark = pytest.mark.slow
+
 OUTPUT_A = {
     "url": "https://cdn.wazza.ai/outputs/job-a.mp4",
     "width": 1920,
