@@ -52,13 +52,19 @@ def add_sender_parsers(sub: Any) -> None:
         "send-test",
         help="sign and send one test event, print the answer",
         description=(
-            "Sign one event shaped like the spec's example (fresh timestamps) with the Wazza "
-            "scheme and POST it; print the status and body that came back. Exit 1 on a non-2xx "
-            "or no answer."
+            "Sign one event with the Wazza scheme (a fresh X-Wazza-Timestamp) and POST it; print "
+            "the status and body that came back. The event is shaped like the spec's example, "
+            "or is your own payload (--data): its exact bytes are signed and sent unless an "
+            "option changes a field, which re-encodes it as compact JSON. Exit 1 on a non-2xx, "
+            "no answer, or a payload that cannot be sent."
         ),
         epilog=(
             "examples:\n  wazza-hooks send-test --event completed\n"
             "  wazza-hooks send-test --event processing --percent 60 --job-id job_abc123\n"
+            "  wazza-hooks send-test --data captured.json\n"
+            "  wazza-hooks send-test --data captured.json --job-id job_retry_1\n"
+            "  curl -s https://example.com/payload.json | wazza-hooks send-test --data -\n"
+            "  printf 'not json' | wazza-hooks send-test --data - --as-is\n"
             "  wazza-hooks send-test --event failed --url https://hooks.example.com/api/webhooks/"
             'wazza --secret "$SECRET"'
         ),
@@ -67,13 +73,35 @@ def add_sender_parsers(sub: Any) -> None:
     send.add_argument(
         "--event",
         type=_event_name,
-        required=True,
+        default=None,
         metavar="completed|failed|processing",
-        help="the event type",
+        help="the event type (required without --data; with it, replaces the payload's event)",
     )
-    send.add_argument("--job-id", default=None, help="the jobId (default: job_test_ + random hex)")
     send.add_argument(
-        "--percent", type=whole_number(0, 100), default=45, help="progress of a processing event"
+        "--job-id",
+        default=None,
+        help="the jobId (default: job_test_ + random hex; with --data, replaces the payload's)",
+    )
+    send.add_argument(
+        "--percent",
+        type=whole_number(0, 100),
+        default=None,
+        help="progress.percent of a processing event (default 45; with --data, replaces the "
+        "payload's)",
+    )
+    send.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="send this payload (- reads stdin) instead of the spec's example; it must be JSON "
+        "unless --as-is",
+    )
+    send.add_argument(
+        "--as-is",
+        action="store_true",
+        help="with --data: send the bytes unchanged even when they are not JSON (to see what "
+        "the ingester does with them); no field option may change them then",
     )
     send.add_argument("--url", default=sender.DEFAULT_URL, help=_URL_HELP)
     send.add_argument("--secret", default=None, help=_SIGNING_HELP)

@@ -32,6 +32,10 @@ if TYPE_CHECKING:  # the engines are imported by the command that runs them, not
     from wazza_tools.send.simulate import Tally
 
 
+class _Usage(sender.SenderError):
+    """Options that do not go together: exit 2, as argparse's own refusals."""
+
+
 def run_sender(args: argparse.Namespace) -> int:
     """Run one sender-side subcommand; returns the exit code."""
     from consumers.store import store_problem
@@ -47,7 +51,7 @@ def run_sender(args: argparse.Namespace) -> int:
             return asyncio.run(_register(args))
     except sender.SenderError as exc:
         print(f"wazza-hooks {args.command}: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, _Usage) else 1
     except Exception as exc:
         message = store_problem(exc, _database_url(args))
         if message is None:
@@ -60,14 +64,27 @@ def run_sender(args: argparse.Namespace) -> int:
 # --- send-test --------------------------------------------------------------------------------
 
 
+# The spec example's progress when --percent is not given.
+_EXAMPLE_PERCENT = 45
+
+
 async def _send_test(args: argparse.Namespace) -> int:
     url = sender.check_url(args.url)
+    if args.data is None:
+        if args.event is None:
+            raise _Usage("give --event (the spec's example) or --data FILE")
+        if args.as_is:
+            raise _Usage("--as-is goes with --data FILE")
+        job_id = args.job_id or f"job_test_{secrets.token_hex(6)}"
+        percent = _EXAMPLE_PERCENT if args.percent is None else args.percent
+        body = sender.encode(sender.spec_example(args.event, job_id, time.time(), percent))
+        what = f"{args.event} for {job_id}"
+    else:
+        body, what = _user_payload(args)
     secret = sender.resolve_secret(args.secret)
-    job_id = args.job_id or f"job_test_{secrets.token_hex(6)}"
-    body = sender.encode(sender.spec_example(args.event, job_id, time.time(), args.percent))
     timeout = aiohttp.ClientTimeout(total=sender.ANSWER_TIMEOUT_SECONDS)
     print(
-        f"sending {args.event} for {job_id} to {url} (event id {sender_event_id(body)[:16]}..., "
+        f"sending {what} to {url} (event id {sender_event_id(body)[:16]}..., "
         f"secret from {secret.source})",
         file=sys.stderr,
     )
@@ -88,6 +105,46 @@ async def _send_test(args: argparse.Namespace) -> int:
     hint = sender.refusal_hint(answer)
     print(f"wazza-hooks send-test: {hint or 'not accepted (non-2xx)'}", file=sys.stderr)
     return 1
+
+
+def _user_payload(args: argparse.Namespace) -> tuple[bytes, str]:
+    """The --data payload with the field options applied, and how to name it on stderr."""
+    name = "stdin" if str(args.data) == "-" else str(args.data)
+    try:
+        body = sys.stdin.buffer.read() if name == "stdin" else args.data.read_bytes()
+    except OSError as exc:
+        raise sender.SenderError(f"cannot read {name}: {exc.strerror or exc}") from None
+    fields: dict[str, object] = {}
+    if args.event is not None:
+        fields["event"] = args.event
+    if args.job_id is not None:
+        fields["jobId"] = args.job_id
+    if args.percent is not None:
+        fields["progress.percent"] = args.percent
+    if args.as_is:
+        if fields:
+            options = ", ".join(_OPTION_OF[f] for f in fields)
+            raise _Usage(f"--as-is sends {name} unchanged: {options} cannot apply")
+        return body, f"{name} as is ({plural(len(body), 'byte')})"
+    try:
+        body, changed = sender.overridden(body, fields)
+    except sender.SenderError as exc:
+        hint = " (--as-is sends it anyway)" if not fields else ""
+        raise sender.SenderError(f"{name} is {exc}{hint}") from None
+    if "progress.percent" in fields and _event_of(body) != sender.JOB_PROCESSING:
+        raise sender.SenderError("--percent is for job.processing events")
+    note = f", {', '.join(changed)} replaced" if changed else ""
+    return body, f"{name} ({plural(len(body), 'byte')}{note})"
+
+
+_OPTION_OF = {"event": "--event", "jobId": "--job-id", "progress.percent": "--percent"}
+
+
+def _event_of(body: bytes) -> object:
+    import orjson
+
+    document = orjson.loads(body)
+    return document.get("event") if isinstance(document, dict) else None
 
 
 def sender_event_id(body: bytes) -> str:

@@ -169,6 +169,36 @@ def encode(document: Mapping[str, Any]) -> bytes:
     return orjson.dumps(document)
 
 
+def overridden(body: bytes, fields: Mapping[str, Any]) -> tuple[bytes, list[str]]:
+    """A user's payload with `fields` set (`progress.percent` reaches into `progress`), and the
+    names of those that changed it. The body comes back byte for byte when none did: a payload
+    is signed and sent as the user wrote it, never re-serialised without need. Raises
+    SenderError when the body is not a JSON object."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise SenderError(f"not JSON ({exc})") from None
+    if not isinstance(document, dict):
+        if not fields:
+            return body, []
+        raise SenderError(
+            f"a JSON {type(document).__name__}, not an object: {', '.join(fields)} cannot be set"
+        )
+    changed = []
+    for name, value in fields.items():
+        into, key = document, name
+        if name == "progress.percent":
+            progress = document.get("progress")
+            if not isinstance(progress, dict):
+                progress = document["progress"] = {}
+            into, key = progress, "percent"
+        same = key in into and into[key] == value and type(into[key]) is type(value)
+        if not same:  # 45 == 45.0 and 1 == True: a change of type is a change
+            into[key] = value
+            changed.append(name)
+    return (encode(document) if changed else body), changed
+
+
 def sign(secret: bytes, body: bytes, timestamp: int) -> dict[str, str]:
     """The request headers of the Wazza scheme: hex HMAC-SHA256 over `<timestamp>.<raw body>`."""
     mac = hmac.new(secret, b"%d." % timestamp, hashlib.sha256)

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 
@@ -16,10 +20,13 @@ from consumers.batch import Record, apply_batch
 from consumers.service import BUILTIN
 from consumers.store import Store, open_store
 from tests.support.commands import Result, hooks
-from tests.support.env import subprocess_env
+from tests.support.env import BIN, subprocess_env
+from tests.support.env import SECRET as INGEST_SECRET
+from tests.support.kafka import Topics, read_topic
+from tests.support.processes import running
 from tests.support.standin import receiver, registration_api
 from wazza_hooks import contract
-from wazza_tools.dev.localbroker import free_port
+from wazza_tools.dev.localbroker import LocalBroker, free_port
 from wazza_tools.send.expect import expect_job, write_expect
 from wazza_tools.send.plan import JobPlan, PlanOptions, make_plan
 
@@ -170,6 +177,200 @@ async def test_an_unknown_event_is_a_usage_error(tmp_path: Path) -> None:
 
     assert result.code == 2, result
     assert "completed, failed, processing" in result.err
+
+
+# --- send-test --data, against a real ingester -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ingester:
+    """A `wazza-ingest` process on the test broker, publishing to this test's topics."""
+
+    url: str
+    bootstrap: str
+    topics: Topics
+
+
+@pytest.fixture
+async def ingester(broker: LocalBroker, topics: Topics) -> AsyncIterator[Ingester]:
+    port = free_port()
+    env = subprocess_env(
+        WAZZA_WEBHOOK_SECRETS=INGEST_SECRET,
+        KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
+        KAFKA_ENABLE_IDEMPOTENCE="false",
+        WAZZA_RAW_TOPIC=topics.raw,
+        WAZZA_QUARANTINE_TOPIC=topics.quarantine,
+    )
+    with running([str(BIN / "wazza-ingest"), "--port", str(port)], env) as proc:
+        base = f"http://127.0.0.1:{port}"
+
+        async def ready() -> bool:
+            try:
+                async with (
+                    aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http,
+                    http.get(f"{base}/readyz") as resp,
+                ):
+                    return resp.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                return False
+
+        deadline = time.monotonic() + INGESTER_START_SECONDS
+        while not await ready():
+            assert proc.proc.poll() is None, proc.output()
+            assert time.monotonic() < deadline, proc.output()
+            await asyncio.sleep(0.1)
+        yield Ingester(f"{base}/api/webhooks/wazza", broker.bootstrap_servers, topics)
+
+
+# The ingester imports, binds and reaches the broker in about a second; a loaded machine gets room.
+INGESTER_START_SECONDS = 30.0
+# Spaces, an order of keys and an escape that compact re-encoding would all change.
+HAND_WRITTEN = (
+    b'{ "jobId": "job_hand_1",\n  "event": "job.completed", "status": "completed",\n'
+    b'  "output": {"url": "https://cdn.example.com/a\\u00e9.mp4"},'
+    b' "timestamp": "2025-10-22T10:30:00Z" }\n'
+)
+
+
+async def send_data(
+    ingester: Ingester, cwd: Path, *argv: str | Path, stdin: bytes | None = None
+) -> Result:
+    """`wazza-hooks send-test ARGV --url INGESTER --secret SECRET`, with `stdin` piped in."""
+    command = [
+        sys.executable, "-m", "wazza_tools.cli", "send-test", *map(str, argv),
+        "--url", ingester.url, "--secret", INGEST_SECRET,
+    ]  # fmt: skip
+    done = await asyncio.to_thread(
+        subprocess.run, command, input=stdin or b"", capture_output=True, cwd=cwd,
+        env=subprocess_env(), timeout=60,
+    )  # fmt: skip
+    return Result(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+async def test_send_test_data_signs_and_sends_the_files_exact_bytes(
+    tmp_path: Path, ingester: Ingester
+) -> None:
+    (tmp_path / "captured.json").write_bytes(HAND_WRITTEN)
+
+    result = await send_data(ingester, tmp_path, "--data", "captured.json")
+
+    assert result.code == 0, result
+    assert result.out.startswith("HTTP 200 OK\n"), result
+    assert f"captured.json ({len(HAND_WRITTEN)} bytes)" in result.err
+    [record] = await read_topic(ingester.bootstrap, ingester.topics.raw, expect=1)
+    assert record.value == HAND_WRITTEN
+    assert record.key == b"job_hand_1"
+    headers = dict(record.headers)
+    assert headers[contract.H_EVENT_ID].decode() == contract.body_event_id(HAND_WRITTEN)
+    assert contract.body_event_id(HAND_WRITTEN)[:16] in result.err
+
+
+async def test_send_test_data_from_stdin_with_overrides_replaces_only_those_fields(
+    tmp_path: Path, ingester: Ingester
+) -> None:
+    result = await send_data(
+        ingester, tmp_path, "--data", "-", "--job-id", "job_other", "--event", "failed",
+        stdin=HAND_WRITTEN,
+    )  # fmt: skip
+
+    assert result.code == 0, result
+    assert "stdin" in result.err
+    assert "event, jobId replaced" in result.err
+    [record] = await read_topic(ingester.bootstrap, ingester.topics.raw, expect=1)
+    assert record.key == b"job_other"
+    expected = orjson.loads(HAND_WRITTEN) | {"jobId": "job_other", "event": "job.failed"}
+    assert orjson.loads(record.value) == expected
+    assert list(orjson.loads(record.value)) == list(orjson.loads(HAND_WRITTEN))
+
+
+async def test_an_override_that_changes_nothing_keeps_the_bytes(
+    tmp_path: Path, ingester: Ingester
+) -> None:
+    (tmp_path / "p.json").write_bytes(HAND_WRITTEN)
+
+    result = await send_data(ingester, tmp_path, "--data", "p.json", "--job-id", "job_hand_1")
+
+    assert result.code == 0, result
+    assert "replaced" not in result.err
+    [record] = await read_topic(ingester.bootstrap, ingester.topics.raw, expect=1)
+    assert record.value == HAND_WRITTEN
+
+
+async def test_percent_sets_the_progress_of_a_processing_payload(
+    tmp_path: Path, ingester: Ingester
+) -> None:
+    body = orjson.dumps(
+        {"event": "job.processing", "jobId": "job_p", "status": "processing",
+         "progress": {"percent": 10, "stage": "queued"}, "timestamp": "2025-10-22T10:30:00Z"}
+    )  # fmt: skip
+    (tmp_path / "p.json").write_bytes(body)
+
+    result = await send_data(ingester, tmp_path, "--data", "p.json", "--percent", 70)
+
+    assert result.code == 0, result
+    [record] = await read_topic(ingester.bootstrap, ingester.topics.raw, expect=1)
+    assert orjson.loads(record.value)["progress"] == {"percent": 70, "stage": "queued"}
+
+
+async def test_a_file_that_is_not_json_is_refused_and_nothing_is_sent(
+    tmp_path: Path, ingester: Ingester
+) -> None:
+    (tmp_path / "bad.json").write_bytes(b'{"jobId": "job_x",')
+
+    result = await send_data(ingester, tmp_path, "--data", "bad.json")
+
+    assert result.code == 1, result
+    assert result.err.startswith("wazza-hooks send-test: bad.json is not JSON ("), result
+    assert "--as-is sends it anyway" in result.err
+    assert result.err.count("\n") == 1
+    assert result.out == ""
+    clean(result)
+    for topic in (ingester.topics.raw, ingester.topics.quarantine):
+        assert await read_topic(ingester.bootstrap, topic, expect=1, timeout=1.0) == []
+
+
+async def test_as_is_sends_a_body_that_is_not_json_and_the_ingester_quarantines_it(
+    tmp_path: Path, ingester: Ingester
+) -> None:
+    result = await send_data(ingester, tmp_path, "--data", "-", "--as-is", stdin=b"not json")
+
+    assert result.code == 0, result
+    assert result.out.startswith("HTTP 202 Accepted\n"), result
+    [record] = await read_topic(ingester.bootstrap, ingester.topics.quarantine, expect=1)
+    assert record.value == b"not json"
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        pytest.param([], 2, "give --event (the spec's example) or --data FILE", id="nothing"),
+        pytest.param(["--event", "completed", "--as-is"], 2, "--as-is goes with --data", id="as"),
+        pytest.param(
+            ["--data", "p.json", "--as-is", "--job-id", "j"], 2,
+            "--as-is sends p.json unchanged: --job-id cannot apply", id="as-is-override",
+        ),
+        pytest.param(["--data", "nope.json"], 1, "cannot read nope.json: No such file", id="nf"),
+        pytest.param(
+            ["--data", "p.json", "--percent", "5"], 1, "--percent is for job.processing", id="pc"
+        ),
+        pytest.param(
+            ["--data", "list.json", "--job-id", "j"], 1,
+            "list.json is a JSON list, not an object: jobId cannot be set", id="list",
+        ),
+    ],
+)  # fmt: skip
+async def test_send_test_data_refuses_what_it_cannot_send_in_one_line(
+    tmp_path: Path, argv: list[str], code: int, message: str
+) -> None:
+    (tmp_path / "p.json").write_bytes(HAND_WRITTEN)
+    (tmp_path / "list.json").write_bytes(b"[1, 2]")
+
+    result = await hooks("send-test", *argv, "--secret", SECRET, cwd=tmp_path)
+
+    assert result.code == code, result
+    assert message in result.err
+    assert result.err.count("\n") == 1
+    clean(result)
 
 
 # --- simulate -----------------------------------------------------------------------------------
