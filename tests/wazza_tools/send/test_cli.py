@@ -305,7 +305,7 @@ async def test_percent_sets_the_progress_of_a_processing_payload(
     )  # fmt: skip
     (tmp_path / "p.json").write_bytes(body)
 
-    result = await send_data(ingester, tmp_path, "--data", "p.json", "--percent", 70)
+    result = await send_data(ingester, tmp_path, "--data", "p.json", "--percent", "70")
 
     assert result.code == 0, result
     [record] = await read_topic(ingester.bootstrap, ingester.topics.raw, expect=1)
