@@ -20,19 +20,16 @@ import argparse
 import asyncio
 import dataclasses
 import logging
-import re
 import sys
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import orjson
-
 from consumers.settings import ConsumerSettings
 from consumers.store import store_problem
 from wazza_hooks.config import ConfigError
-from wazza_tools.ops.jobs import iso_time, printable
+from wazza_tools.render import iso_time, print_json, printable
 
 if TYPE_CHECKING:
     from consumers.batch import KeptDeadLetter
@@ -80,7 +77,7 @@ def run_ops(args: argparse.Namespace) -> int:
 def _refuse(args: argparse.Namespace, message: str, code: int) -> int:
     print(f"wazza-hooks: {message}", file=sys.stderr)
     if args.json:
-        _print_json({"error": message})
+        print_json({"error": message})
     return code
 
 
@@ -147,7 +144,7 @@ async def _replay(args: argparse.Namespace, settings: ConsumerSettings) -> int:
         "reapplied": sum(m.reapplied for m in moves),
     }
     if args.json:
-        _print_json(document)
+        print_json(document)
         return 0
     start = "the beginning" if since_ms is None else iso_time(since_ms)
     verb = "would move" if args.dry_run else "moved"
@@ -197,7 +194,7 @@ async def _dlq_list(args: argparse.Namespace, settings: ConsumerSettings) -> int
         records = await with_redrives(store, settings.dlq_topic, records)
         kept = await kept_dead_letters(store, settings.raw_topic, args.service)
     if args.json:
-        _print_json(
+        print_json(
             {
                 "topic": settings.dlq_topic,
                 "deadLetters": [_letter_json(r) for r in records],
@@ -289,7 +286,7 @@ async def _dlq_redrive(args: argparse.Namespace, settings: ConsumerSettings) -> 
         )
     failed = any(r.result in (NOT_REDRIVABLE, NOT_RECORDED_YET) for r in results)
     if args.json:
-        _print_json(
+        print_json(
             {
                 "results": [
                     {
@@ -317,7 +314,7 @@ async def _dlq_redrive(args: argparse.Namespace, settings: ConsumerSettings) -> 
             else f" ({settings.raw_topic}[{r.raw_partition}]@{r.raw_offset})"
         )
         sys.stdout.write(
-            f"{r.record.id}  {_clean(r.record.service)}  {_clean(r.record.job_id)}  "
+            f"{r.record.id}  {printable(r.record.service)}  {printable(r.record.job_id)}  "
             f"{r.result}: {r.detail}{where}\n"
         )
     return 1 if failed else 0
@@ -383,27 +380,12 @@ def _letter_text(record: DeadLetterRecord, raw_topic: str) -> str:
             if original is None
             else f"{original['topic']}[{original['partition']}]@{original['offset']}",
         ),
-        ("event", f"{_clean(doc['eventType'])} {_clean(doc['eventId'])}"),
+        ("event", f"{printable(doc['eventType'])} {printable(doc['eventId'])}"),
         ("received", doc["receivedAt"]),
         ("redriven", redrive),
     ]
     head = (
-        f"{doc['id']}  {doc['deadLetteredAt']}  {_clean(doc['service'])}  "
-        f"job {_clean(doc['jobId'])}\n"
+        f"{doc['id']}  {doc['deadLetteredAt']}  {printable(doc['service'])}  "
+        f"job {printable(doc['jobId'])}\n"
     )
-    return head + "".join(f"    {key:<9} {_clean(value)}\n" for key, value in pairs)
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _clean(value: Any) -> str:
-    """A value for the terminal: `-` for none, control characters escaped (job ids, error
-    messages and event ids come from the sender or a handler and may hold anything)."""
-    if value is None:
-        return "-"
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(value))
-
-
-def _print_json(document: Any) -> None:
-    sys.stdout.write(orjson.dumps(document).decode() + "\n")
+    return head + "".join(f"    {key:<9} {printable(value)}\n" for key, value in pairs)

@@ -15,25 +15,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-import orjson
-
 from consumers.jobs import JOB_COLUMNS, row_to_state
-from consumers.state import JobState
 from consumers.store import Store, Tx, open_existing_store, store_problem
 from wazza_hooks.config import whole_number
+from wazza_tools.render import iso_time, print_json, printable, state_fields, table
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/wazza.db"
 STATUSES = ("processing", "completed", "failed")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 10_000
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _T = TypeVar("_T")
 
 
@@ -124,7 +119,7 @@ def run_jobs(args: argparse.Namespace) -> int:
     except _NotFound:
         print(f"wazza-hooks: no job {printable(args.job_id)}", file=sys.stderr)
         if args.json:
-            _print_json({"error": "not_found", "jobId": args.job_id})
+            print_json({"error": "not_found", "jobId": args.job_id})
         return 1
     except Exception as exc:
         message = store_problem(exc, url)
@@ -197,47 +192,14 @@ def _job_of(row: Sequence[Any]) -> _Job:
     }
 
 
-def state_fields(state: JobState) -> dict[str, Any]:
-    """The fields of the `jobs show --json` object that the order rules decide, in the
-    documented order (the expect file of `simulate` holds the same; `sender_expect`)."""
-    return {
-        "status": state.status,
-        "percent": state.percent,
-        "stage": state.stage,
-        "estimatedTimeRemaining": state.eta_seconds,
-        "output": state.output,
-        "error": state.error,
-        "metadata": state.metadata,
-        "lastProgressAt": iso_time(state.last_progress_ms),
-        "finishedAt": iso_time(state.finished_ms),
-    }
-
-
-def iso_time(ms: int | None) -> str | None:
-    """Milliseconds since the epoch as ISO-8601 UTC (`2025-10-22T10:30:00.000Z`), or None. A
-    time a date cannot hold (a store written before the ingester refused such events) prints as
-    its number of milliseconds rather than stopping the command."""
-    if ms is None:
-        return None
-    try:
-        moment = _EPOCH + timedelta(milliseconds=int(ms))
-    except OverflowError:
-        return f"{int(ms)} ms since the epoch"
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
 # --- output -----------------------------------------------------------------------------------
 
 
 def _emit(args: argparse.Namespace, document: Any, text: Callable[[], str]) -> None:
     if args.json:
-        _print_json(document)
+        print_json(document)
     else:
         sys.stdout.write(text())
-
-
-def _print_json(document: Any) -> None:
-    sys.stdout.write(orjson.dumps(document).decode() + "\n")
 
 
 def _event_json(event: _Event) -> dict[str, Any]:
@@ -250,23 +212,6 @@ def _event_json(event: _Event) -> dict[str, Any]:
         "appliedAt": iso_time(applied),
         "outcome": outcome,
     }
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def printable(value: Any) -> str:
-    """A value for the terminal: `-` for none, JSON for objects, control characters escaped
-    (job ids, stages and errors come from the sender and may hold anything)."""
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        text = f"{value:g}"
-    elif isinstance(value, dict | list):
-        text = orjson.dumps(value).decode()
-    else:
-        text = str(value)
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def _job_text(job: _Job) -> str:
@@ -289,18 +234,10 @@ def _job_text(job: _Job) -> str:
     return "".join(f"{key:<{width}}  {printable(value)}\n" for key, value in pairs)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [list(header)] + [[printable(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return "".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n" for r in cells
-    )
-
-
 def _jobs_text(jobs: list[_Job], status: str | None) -> str:
     if not jobs:
         return f"no {status} jobs\n" if status else "no jobs\n"
-    return _table(
+    return table(
         ("JOB", "STATUS", "PERCENT", "STAGE", "UPDATED"),
         [(j["jobId"], j["status"], j["percent"], j["stage"], j["updatedAt"]) for j in jobs],
     )
@@ -309,7 +246,7 @@ def _jobs_text(jobs: list[_Job], status: str | None) -> str:
 def _history_text(job_id: str, events: list[_Event]) -> str:
     if not events:
         return f"no events recorded for job {printable(job_id)}\n"
-    return _table(
+    return table(
         ("EVENT TIME", "APPLIED", "SERVICE", "EVENT TYPE", "OUTCOME", "EVENT ID"),
         [
             (iso_time(time), iso_time(applied), service, kind, outcome, event_id)

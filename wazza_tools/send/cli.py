@@ -197,7 +197,7 @@ def _simulate(args: argparse.Namespace) -> int:
     ]
     _summary(plans, tally, seed)
     if args.expect is not None:
-        from wazza_tools.ops.jobs import iso_time
+        from wazza_tools.render import iso_time
 
         meta = {"createdAt": iso_time(int(time.time() * 1000)), "url": url, "seed": seed}
         write_expect(args.expect, expectations, meta)

@@ -89,7 +89,7 @@ def state_json(state: JobState | None) -> State | None:
     """A job state in the form of `jobs show --json` (the fields the rules decide)."""
     if state is None:
         return None
-    from wazza_tools.ops.jobs import state_fields
+    from wazza_tools.render import state_fields
 
     return state_fields(state)
 
