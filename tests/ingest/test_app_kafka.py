@@ -21,6 +21,7 @@ from tests.support.signing import (
     completed_body,
     failed_body,
     processing_body,
+    sign_legacy,
     sign_standard,
     sign_wazza,
 )
@@ -256,13 +257,8 @@ async def test_a_standard_webhooks_request_is_accepted_and_its_webhook_id_is_the
 async def test_the_legacy_body_only_signature_is_refused_unless_opted_in(
     serve: ServerFactory,
 ) -> None:
-    import hmac
-
     body = completed_body("job_legacy")
-    headers = {
-        "Content-Type": "application/json",
-        "X-Wazza-Signature": hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest(),
-    }
+    headers = sign_legacy(SECRET, body)
     strict = await serve()
     lax = await serve(WAZZA_ALLOW_LEGACY_SIGNATURE="true")
 
