@@ -7,6 +7,8 @@
 - `wazza-hooks send-test|simulate|verify|register`: the sender's side, for testing an endpoint.
 - `wazza-hooks replay|dlq`: move a service back over its history; inspect and redrive dead letters.
 - `wazza-hooks migrate`: apply (or `--show`) the store's pending migrations.
+- `wazza-hooks status`: is everything healthy? (broker, ingesters, consumers, store, lag).
+- `wazza-hooks tail|events list|show|resend`: deliveries live, found, shown whole, sent again.
 """
 
 from __future__ import annotations
@@ -180,6 +182,18 @@ def _parser() -> argparse.ArgumentParser:
     from wazza_tools.ops.migrate import add_migrate_parser
 
     add_migrate_parser(sub)
+
+    from wazza_tools.ops.status import add_status_parser
+
+    add_status_parser(sub)
+
+    from wazza_tools.ops.events import add_events_parser
+    from wazza_tools.ops.resend import add_resend_parser
+    from wazza_tools.ops.tail import add_tail_parser
+
+    add_tail_parser(sub)
+    add_events_parser(sub)
+    add_resend_parser(sub)
     return parser
 
 
@@ -207,6 +221,22 @@ def main(argv: list[str] | None = None) -> int:
             from wazza_tools.ops.migrate import run_migrate
 
             return run_migrate(args)
+        if args.command == "status":
+            from wazza_tools.ops.status import run_status
+
+            return run_status(args)
+        if args.command == "tail":
+            from wazza_tools.ops.tail import run_tail
+
+            return run_tail(args)
+        if args.command == "events":
+            from wazza_tools.ops.events import run_events
+
+            return run_events(args)
+        if args.command == "resend":
+            from wazza_tools.ops.resend import run_resend
+
+            return run_resend(args)
         if args.command in OPS_COMMANDS:
             from wazza_tools.ops.cli import run_ops
 
