@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from aiokafka.errors import KafkaConnectionError
-from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
 from aiokafka.structs import TopicPartition
 
@@ -99,14 +98,11 @@ class FakeProducer:
         assert self.known is not None
         return self.known
 
-    def create_batch(self) -> BatchBuilder:
-        return BatchBuilder(256 * 1024, 0)
-
 
 async def publisher(client: FakeClient, partitions: int = 4) -> KafkaPublisher:
     pub = KafkaPublisher("unused:9092", client_id="test", enable_idempotence=False, linger_ms=0)
     pub._loop = asyncio.get_running_loop()
-    pub._producer = FakeProducer(client)  # type: ignore[assignment]
+    pub._use(FakeProducer(client))  # type: ignore[arg-type]
     pub._partitions[TOPIC] = list(range(partitions))
     return pub
 

@@ -1,9 +1,9 @@
-"""Delivery through aiokafka's sender: the path the ingester takes with idempotence on, the
-default for Apache Kafka. The local broker refuses idempotent producers, so these tests run that
-path with a producer that is not idempotent (the broker's de-duplication by sequence number is
-Apache Kafka's side, not measured here); what they check is ours: batches per partition handed
-to the sender one at a time, each request answered after its own ack, in order per key, a
-deadline when the broker hangs, and a flush of what is in flight at shutdown."""
+"""Batched delivery (ingest/batched.py): our batches handed to aiokafka's producer, the path the
+ingester takes with idempotence on, the default for Apache Kafka. These tests run that path with
+a producer that is not idempotent (the broker's de-duplication by sequence number is Apache
+Kafka's side, not measured here); what they check is ours: batches per partition handed to the
+producer one at a time, each request answered after its own ack, in order per key, a deadline
+when the broker hangs, and a flush of what is in flight at shutdown."""
 
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ SLACK = 0.5
 
 
 @asynccontextmanager
-async def through_the_sender(bootstrap: str) -> AsyncIterator[KafkaPublisher]:
-    pub = KafkaPublisher(bootstrap, client_id="sender-test", enable_idempotence=False, linger_ms=0)
-    pub._direct = False  # the idempotent path's delivery, on a broker without idempotence
+async def batched(bootstrap: str) -> AsyncIterator[KafkaPublisher]:
+    pub = KafkaPublisher(bootstrap, client_id="batched-test", enable_idempotence=False, linger_ms=0)
+    pub._direct = False  # the idempotent path's delivery, without idempotence
     async with pub:
         deadline = time.monotonic() + 20
         while not pub.connected:
@@ -50,13 +50,13 @@ async def test_every_record_lands_once_in_order_per_key_with_its_bytes_and_heade
 ) -> None:
     topics = await make_topics(broker.bootstrap_servers, partitions=3)
     keys = [f"job_{k}".encode() for k in range(12)]
-    async with through_the_sender(broker.bootstrap_servers) as pub:
+    async with batched(broker.bootstrap_servers) as pub:
 
         async def lane(key: bytes) -> None:
             # A key's records a moment apart, none waiting for the one before it to be
             # acknowledged: they spread over successive batches of the partition, some handed
-            # to the sender while earlier ones are still on their way, so the order that lands
-            # is the sender path's doing, not the test's.
+            # to the producer while earlier ones are still on their way, so the order that
+            # lands is the batched path's doing, not the test's.
             sent = []
             for n in range(40):
                 value = b'{"jobId":"%s","n":%d}' % (key, n)
@@ -82,7 +82,7 @@ async def test_records_still_waiting_for_their_ack_at_shutdown_are_flushed(
     broker: LocalBroker,
 ) -> None:
     topics = await make_topics(broker.bootstrap_servers, partitions=3)
-    async with through_the_sender(broker.bootstrap_servers) as pub:
+    async with batched(broker.bootstrap_servers) as pub:
         pending = [
             asyncio.ensure_future(
                 pub.publish(topics.raw, b"job_%d" % (n % 7), b"v%d" % n, HEADERS, 10.0)
@@ -103,10 +103,10 @@ async def test_a_hung_broker_fails_each_publish_at_its_deadline_and_later_ones_s
     own = LocalBroker(log_path=tmp_path / "broker.log")
     own.start()
     try:
-        await ensure_topics(own.bootstrap_servers, {"sender.raw": 3})
-        async with through_the_sender(own.bootstrap_servers) as pub:
+        await ensure_topics(own.bootstrap_servers, {"batched.raw": 3})
+        async with batched(own.bootstrap_servers) as pub:
             # The first publish loads the topic's metadata: on a loaded machine, slower.
-            await pub.publish("sender.raw", b"job_up", b"up", HEADERS, 10.0)
+            await pub.publish("batched.raw", b"job_up", b"up", HEADERS, 10.0)
             assert own.pid is not None
             try:
                 await hang(own.pid)
@@ -114,7 +114,7 @@ async def test_a_hung_broker_fails_each_publish_at_its_deadline_and_later_ones_s
                 async def timed(n: int) -> tuple[type[BaseException] | None, float]:
                     started = time.monotonic()
                     try:
-                        await pub.publish("sender.raw", b"job_%d" % n, b"hung", HEADERS, DEADLINE)
+                        await pub.publish("batched.raw", b"job_%d" % n, b"hung", HEADERS, DEADLINE)
                     except PublishError as exc:
                         return type(exc), time.monotonic() - started
                     return None, time.monotonic() - started
@@ -124,17 +124,17 @@ async def test_a_hung_broker_fails_each_publish_at_its_deadline_and_later_ones_s
                 os.kill(own.pid, signal.SIGCONT)
             assert {error for error, _ in outcomes} == {PublishError}
             assert max(elapsed for _, elapsed in outcomes) <= DEADLINE + SLACK
-            # Back: publishes succeed again without a new publisher (the sender's retries of the
-            # hung batches may take a moment to drain).
+            # Back: publishes succeed again without a new publisher (the producer's retries of
+            # the hung batches may take a moment to drain).
             deadline = time.monotonic() + 20
             while True:
                 try:
-                    await pub.publish("sender.raw", b"job_back", b"back", HEADERS, DEADLINE)
+                    await pub.publish("batched.raw", b"job_back", b"back", HEADERS, DEADLINE)
                     break
                 except PublishError:
                     if time.monotonic() > deadline:
                         pytest.fail("publishes did not succeed again within 20 s")
-        records = await read_topic(own.bootstrap_servers, "sender.raw", expect=2)
+        records = await read_topic(own.bootstrap_servers, "batched.raw", expect=2)
         assert {b"up", b"back"} <= {r.value for r in records}
     finally:
         own.stop()
