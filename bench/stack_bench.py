@@ -41,10 +41,9 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from wazza_tools.dev.localbroker import free_port, port_in_use
 
-from wazza_tools.dev.localbroker import free_port, port_in_use  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 RESULTS = ROOT / "bench" / "results"
 BIN = Path(sys.executable).parent
