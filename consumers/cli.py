@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from wazza_hooks.config import ConfigError, port_argument, version
+
+if TYPE_CHECKING:  # imported when parsing, not at start
+    from .start_from import StartFrom
 
 _EPILOG = """\
 services:
@@ -25,6 +30,7 @@ environment:
   WAZZA_PG_POOL_SIZE       PostgreSQL connections per process (default 4)
   WAZZA_MIGRATE_ON_START   false: refuse to start while migrations are pending
                            (`wazza-hooks migrate` applies them)
+  WAZZA_START_FROM         beginning (default), now or TIME: what --start-from sets
   WAZZA_RAW_TOPIC, WAZZA_DLQ_TOPIC, WAZZA_CONSUMER_BATCH_SIZE, WAZZA_DEDUP_RETENTION_SECONDS
 
 examples:
@@ -32,6 +38,9 @@ examples:
       (against the local broker, `wazza-hooks broker`, which refuses idempotent producers)
   DATABASE_URL=postgresql://wazza@db/wazza wazza-consumer progress
   wazza-consumer myapp.notify:service
+  wazza-consumer myapp.notify:service --start-from now
+      (a new service that should not act on the events the topic already holds)
+  wazza-consumer myapp.audit:service --start-from 2026-11-26T09:00:00Z
 """
 
 _DEFAULT_PORTS = {"completion": 9101, "failure": 9102, "progress": 9103}
@@ -59,7 +68,26 @@ def parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="address of /metrics, /healthz and /readyz (default 127.0.0.1; 0.0.0.0 in a pod)",
     )
+    parsed.add_argument(
+        "--start-from",
+        type=_start_from,
+        default=None,
+        metavar="beginning|now|TIME",
+        help="the service's FIRST start only (no offsets stored for it yet): read every record "
+        "the topic holds (beginning), only what arrives from now on (now), or from the first "
+        "record written at or after TIME (ISO 8601, UTC when it has no offset). Later starts "
+        "always continue from the stored offsets. Default: $WAZZA_START_FROM, else beginning",
+    )
     return parsed
+
+
+def _start_from(text: str) -> StartFrom:
+    from .start_from import parse_start_from
+
+    try:
+        return parse_start_from(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = ConsumerSettings.from_env()
+        if args.start_from is not None:
+            settings = dataclasses.replace(settings, start_from=args.start_from)
         service = load_service(args.service)
     except (ConfigError, ServiceError) as exc:
         print(f"wazza-consumer: {exc}", file=sys.stderr)

@@ -44,6 +44,7 @@ from .batch import (
 from .log_identity import LogReset, Stored, TopicIdRequest, find_resets, topic_id_of
 from .service import Service
 from .settings import ConsumerSettings
+from .start_from import chosen_offsets, record_first_offsets
 from .store import Store, StoreError, StoreUnavailable, Tx, open_store
 
 log = logging.getLogger("wazza.consumers.runtime")
@@ -830,11 +831,50 @@ class ConsumerRuntime:
                     metrics.LAG.remove(self.service.name, str(tp.partition))
         self.assigned.clear()
 
+    async def _first_start(self) -> dict[int, Stored] | None:
+        """The service's first start (no offsets stored): the offsets `start_from` chooses for
+        every partition of the topic, recorded in the store at once; None when stopped first."""
+        assert self._consumer is not None  # noqa: S101
+        start_from = self.settings.start_from
+        attempt = 0
+        while True:
+            try:
+                chosen = await chosen_offsets(self._consumer, self._topic, start_from)
+                break
+            except KafkaError as exc:
+                if self._stop.is_set():
+                    return None
+                delay = _retry_delay(attempt)
+                attempt += 1
+                log.warning("starting offsets unknown (%r); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+        stored = await self._retrying(
+            lambda: record_first_offsets(
+                self.store, self.service.name, self._topic, chosen, self._topic_id
+            ),
+            lambda: "starting offsets not stored",
+        )
+        if stored is not None:
+            log.info(
+                "%s: first start, from %s: %s recorded as the starting offsets; later starts "
+                "continue from the stored offsets",
+                self.service.name,
+                start_from.text,
+                ", ".join(f"{self._topic}[{p}] {o.next_offset}" for p, o in sorted(stored.items())),
+            )
+        return stored
+
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
         """Seek every assigned partition to the offset the store holds."""
         assert self._consumer is not None  # noqa: S101
         metrics.REBALANCES.labels(self.service.name).inc()
         metrics.ASSIGNED.labels(self.service.name).set(len(assigned))
+        # The fetcher reads on from Kafka's own position while the starting offsets are chosen:
+        # with a start other than the beginning, no record of it may reach a batch before the
+        # chosen offsets are stored (the batch's offset guard needs them), so fetch nothing yet.
+        choosing = not self.settings.start_from.beginning
+        if choosing:
+            self._consumer.pause(*assigned)
         attempt = 0
         while True:
             try:
@@ -849,6 +889,10 @@ class ConsumerRuntime:
                 await asyncio.sleep(delay)
         if checked is None:  # stopping during a store outage: the next owner checks again
             return
+        if choosing and not offsets and assigned:
+            checked = await self._first_start()
+            if checked is None:  # stopped meanwhile: nothing recorded, the next start chooses
+                return
         # A partition the store has never seen starts at offset 0, whatever Kafka's own
         # committed offset says (the store may be new). An exact seek, not seek_to_beginning():
         # that one is applied lazily, after a fetch may already have begun elsewhere. And 0, not
@@ -865,6 +909,8 @@ class ConsumerRuntime:
             starts[tp.partition] = offset
             self._consumer.seek(tp, offset)
             self._positions[tp.partition] = offset
+        if choosing:
+            self._consumer.resume(*assigned)
         log.info(
             "%s: joined group %s: %s",
             self.service.name,

@@ -9,6 +9,8 @@ from wazza_hooks import contract
 from wazza_hooks.config import ConfigError, Env, default_instance_id
 from wazza_hooks.kafka_client import PLAINTEXT, KafkaSecurity
 
+from .start_from import FROM_BEGINNING, StartFrom, parse_start_from
+
 
 @dataclass(frozen=True, slots=True)
 class ConsumerSettings:
@@ -47,6 +49,10 @@ class ConsumerSettings:
     kafka_security: KafkaSecurity = PLAINTEXT
     """KAFKA_SECURITY_PROTOCOL, KAFKA_SSL_*, KAFKA_SASL_*: how the consumer and the dead-letter
     producer reach the brokers (wazza_hooks/kafka_client.py)."""
+    start_from: StartFrom = FROM_BEGINNING
+    """WAZZA_START_FROM (or `--start-from`): beginning, now or an ISO-8601 time; where the
+    service's first start reads from (consumers/start_from.py). Later starts continue from the
+    stored offsets."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ConsumerSettings:
@@ -73,4 +79,12 @@ class ConsumerSettings:
             pg_pool_size=env.integer("WAZZA_PG_POOL_SIZE", 4, minimum=1, maximum=100),
             migrate_on_start=env.flag("WAZZA_MIGRATE_ON_START", True),
             kafka_security=KafkaSecurity.from_env(environ),
+            start_from=_start_from(env.text("WAZZA_START_FROM", "beginning")),
         )
+
+
+def _start_from(text: str) -> StartFrom:
+    try:
+        return parse_start_from(text)
+    except ValueError as exc:
+        raise ConfigError(f"WAZZA_START_FROM: {exc}") from None
