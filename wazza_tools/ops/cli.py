@@ -124,8 +124,8 @@ async def _replay(args: argparse.Namespace, settings: ConsumerSettings) -> int:
     async with store_at(settings.database_url) as store:
         async with broker_reader(settings.bootstrap_servers, settings.kafka_security) as consumer:
             partitions = await partitions_of(consumer, settings.raw_topic)
-            log_starts, _ = await offset_bounds(consumer, partitions)
-        plan = await plan_replay(store, args.service, settings.raw_topic, log_starts, since_ms)
+            bounds = await offset_bounds(consumer, partitions)
+        plan = await plan_replay(store, args.service, settings.raw_topic, bounds, since_ms)
         if plan.reapplied and not args.allow_reapply and not args.dry_run:
             raise OpsError(
                 f"{plan.reapplied} events in that range were applied before the dedup "
@@ -140,7 +140,7 @@ async def _replay(args: argparse.Namespace, settings: ConsumerSettings) -> int:
         "from": iso_time(since_ms),
         "dryRun": bool(args.dry_run),
         "partitions": [{"partition": m.partition, "from": m.stored, "to": m.target} for m in moves],
-        "records": sum(m.stored - m.target for m in moves),
+        "records": sum(m.records for m in moves),
         "reapplied": sum(m.reapplied for m in moves),
     }
     if args.json:

@@ -136,7 +136,8 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPar
 async def offset_bounds(
     consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
 ) -> tuple[dict[int, int], dict[int, int]]:
-    """(first offset still held, end offset) per partition."""
+    """(first offset still held, end offset) per partition: the broker holds the records from
+    the first to the end, the end excluded (the offset the next record gets)."""
     try:
         async with asyncio.timeout(BROKER_TIMEOUT_SECONDS):
             beginnings = await consumer.beginning_offsets(partitions)

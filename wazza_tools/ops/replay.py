@@ -38,6 +38,18 @@ class PartitionMove:
     """The next offset after it (never above `stored`)."""
     reapplied: int
     """Events in the range whose dedup keys were pruned: they would be applied again."""
+    log_start: int = 0
+    """The first offset the broker still held when planned (retention deletes below it)."""
+    log_end: int | None = None
+    """The partition's end when planned; a stored offset past it belongs to another log (the
+    topic recreated, a broker that started over). None: not known, no bound."""
+
+    @property
+    def records(self) -> int:
+        """The records the broker still holds between `target` and `stored`: what will be read
+        again. Offsets deleted by retention or past the log's end are not records."""
+        end = self.stored if self.log_end is None else min(self.stored, self.log_end)
+        return max(0, end - max(self.target, self.log_start))
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +67,8 @@ class ReplayPlan:
 
     @property
     def records(self) -> int:
-        """How many records will be read again."""
-        return sum(m.stored - m.target for m in self.moves)
+        """How many records will be read again (only those the broker still holds)."""
+        return sum(m.records for m in self.moves)
 
     @property
     def reapplied(self) -> int:
@@ -68,15 +80,16 @@ async def plan_replay(
     store: Store,
     service: str,
     topic: str,
-    log_starts: dict[int, int],
+    log_bounds: tuple[dict[int, int], dict[int, int]],
     since_ms: int | None,
 ) -> ReplayPlan:
     """The replay's new offsets; raises OpsError for a service the store has never seen.
 
-    From the beginning, each partition goes back to the first offset Kafka still holds
-    (`log_starts`). From a time, to the first record the service took at or after it, by its
-    own history (`job_events.applied_ms`): that covers every record received after the time,
-    and works alike on every broker (the local one answers offsets_for_times wrongly).
+    `log_bounds` is each partition's first offset still held and its end (`offset_bounds`).
+    From the beginning, each partition goes back to the first offset Kafka still holds. From a
+    time, to the first record the service took at or after it, by its own history
+    (`job_events.applied_ms`): that covers every record received after the time, and works
+    alike on every broker (the local one answers offsets_for_times wrongly).
     """
     async with store.reader() as tx:
         rows = await tx.fetchall(
@@ -98,13 +111,18 @@ async def plan_replay(
                 since_ms,
             )
             firsts = {int(p): int(o) for p, o in found}
+        log_starts, log_ends = log_bounds
         moves = []
         for partition, offset in sorted(stored.items()):
             start = log_starts.get(partition, 0)
+            end = log_ends.get(partition)
             target = start if since_ms is None else max(start, firsts.get(partition, offset))
             target = min(target, offset)
-            reapplied = await _reapplied(tx, service, topic, partition, target, offset)
-            moves.append(PartitionMove(partition, offset, target, reapplied))
+            # Only the events still in the log are read again: not those of another log past
+            # its end (a stored offset beyond the end), nor those retention deleted.
+            held_to = offset if end is None else min(offset, end)
+            reapplied = await _reapplied(tx, service, topic, partition, target, held_to)
+            moves.append(PartitionMove(partition, offset, target, reapplied, start, end))
     return ReplayPlan(service, topic, since_ms, tuple(moves))
 
 

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import orjson
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from consumers.service import BUILTIN
 from consumers.store import Store, open_store
@@ -240,3 +242,59 @@ async def rows_of(url: str, topics: Topics) -> list[tuple[int]]:
     finally:
         await opened.close()
     return [(int(r[0]),) for r in found]
+
+
+async def delete_before(bootstrap: str, topic: str, offsets: dict[int, int]) -> None:
+    """Delete each partition's records before its offset, as the broker's retention does: the
+    log then starts there."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_records(
+            {TopicPartition(topic, p): RecordsToDelete(o) for p, o in offsets.items()}
+        )
+    finally:
+        await admin.close()
+
+
+async def test_the_plan_counts_only_the_records_the_broker_still_holds(
+    broker: LocalBroker, store: Store, store_url: str
+) -> None:
+    topics = await make_topics(broker.bootstrap_servers, partitions=2)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for n in range(30):
+            for partition in (0, 1):
+                body = completed(f"job_{partition}_{n}", "2025-10-22T10:00:00Z")
+                await producer.send(topics.raw, body, partition=partition)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    # Retention took offsets 0-19 of both partitions: each holds 20-29.
+    await delete_before(broker.bootstrap_servers, topics.raw, {0: 20, 1: 20})
+    async with store.transaction() as tx:
+        # Partition 0 was read to its end; partition 1's offset belongs to the log the topic
+        # had before it was recreated (1314 records ago).
+        for partition, offset in ((0, 30), (1, 1314)):
+            await tx.execute(
+                "INSERT INTO consumer_offsets (service, topic, kafka_partition, next_offset) "
+                "VALUES ('completion', ?, ?, ?)",
+                topics.raw,
+                partition,
+                offset,
+            )
+    env = env_for(settings_on(broker, topics), store_url)
+
+    dry = await hooks("replay", "--service", "completion", "--from-beginning", "--dry-run",
+                      "--json", env=env)  # fmt: skip
+    told = await hooks("replay", "--service", "completion", "--from-beginning", "--dry-run",
+                       env=env)  # fmt: skip
+
+    assert dry.code == 0, dry
+    assert dry.json()["partitions"] == [
+        {"partition": 0, "from": 30, "to": 20},
+        {"partition": 1, "from": 1314, "to": 20},
+    ]
+    assert dry.json()["records"] == 20  # 10 held in each, not 10 + 1294
+    assert "20 records to read again" in told.out, told
