@@ -777,7 +777,9 @@ class ConsumerRuntime:
         log.info(
             "%s: %s; lag %d",
             self.service.name,
-            ", ".join(f"{count} {outcome}" for outcome, count in sorted(done.items())),
+            # Every outcome, 0 included: each line carries the same counts (applied, duplicate,
+            # stale, conflict...), as a reader and a log search expect.
+            ", ".join(f"{done[outcome]} {outcome}" for outcome in metrics.OUTCOMES),
             lag,
         )
 

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import os
 import random
+import re
 import signal
 import socket
 import sqlite3
@@ -41,6 +42,7 @@ from tests.support.env import BIN, ROOT, subprocess_env
 from tests.support.kafka import Topics, make_topics
 from tests.support.postgres import database_dsn, fresh_database
 from tests.support.processes import Running, running
+from wazza_hooks.config import redact_url
 from wazza_tools.dev.localbroker import LocalBroker, free_port, port_in_use
 from wazza_tools.dev.topics import ensure_topics
 
@@ -565,6 +567,74 @@ async def test_sigterm_on_an_idle_consumer_exits_0_within_15_seconds(
             assert await proc.wait_exit(STOP_SECONDS) == 0, proc.output()
             assert time.monotonic() - started < STOP_SECONDS
             assert "Traceback" not in proc.stderr + proc.stdout, proc.output()
+
+
+# What a consumer's summary line says: every outcome, 0 included, then the lag.
+SUMMARY = re.compile(
+    r"completion: (\d+) applied, (\d+) duplicate, (\d+) stale, (\d+) conflict, "
+    r"(\d+) skipped, (\d+) dead_lettered; lag (\d+)"
+)
+
+
+def with_password(store_url: str, password: str) -> str:
+    """A PostgreSQL URL with a password in its user part (the tests' servers trust the user, so
+    it is not checked); a SQLite URL as it is."""
+    if is_sqlite(store_url):
+        return store_url
+    scheme, rest = store_url.split("://", 1)
+    user, at, place = rest.partition("@")
+    return f"{scheme}://{user}:{password}{at}{place}"
+
+
+async def test_a_consumer_says_what_it_does_in_json_lines_from_start_to_stop(
+    broker: LocalBroker, store_url: str
+) -> None:
+    """On start the store (password hidden), the group and the topic; on join the partitions and
+    the offsets they start from; a summary of the outcomes and the lag (each minute while busy,
+    and at the stop); on stop the group it left. Every line is the ingester's JSON format."""
+    topics = await make_topics(broker.bootstrap_servers, partitions=PARTITIONS)
+    prefix = group_prefix()
+    url = with_password(store_url, "not-for-logs")
+    job_id = f"job_{uuid.uuid4().hex[:12]}"
+    done = completed(job_id, "2025-10-22T10:05:00Z")
+    async with opened(store_url) as store:
+        with running(
+            consumer_argv("completion"), consumer_env(broker, topics, url, prefix)
+        ) as proc:
+            await proc.wait_for_stdout("joined group", SETTLE_SECONDS)
+            # A progress event (another service's: skipped) and one completion sent twice.
+            await publish(
+                broker.bootstrap_servers,
+                topics.raw,
+                [progress(job_id, 40, "2025-10-22T10:00:00Z"), done, done],
+            )
+
+            async def stored_all() -> bool:
+                offsets = await stored_offsets(store, topics.raw)
+                return sum(offsets.get("completion", {}).values()) == 3
+
+            await eventually(stored_all, SETTLE_SECONDS, "the three records taken", [proc])
+            proc.proc.send_signal(signal.SIGTERM)
+            assert await proc.wait_exit(STOP_SECONDS) == 0, proc.output()
+    lines = [orjson.loads(line) for line in proc.stdout.splitlines()]
+    assert all(line.keys() == {"ts", "level", "service", "logger", "msg"} for line in lines), (
+        proc.output()
+    )
+    said = [line["msg"] for line in lines if line["logger"] == "wazza.consumers.runtime"]
+    group = f"{prefix}completion"
+    assert said[0] == (
+        f"completion: starting on {topics.raw}, group {group}, brokers "
+        f"{broker.bootstrap_servers}, store {redact_url(url)}"
+    )
+    assert "not-for-logs" not in proc.stdout + proc.stderr
+    joined = ", ".join(f"{topics.raw}[{p}] from 0" for p in range(PARTITIONS))
+    assert f"completion: joined group {group}: {joined}" in said
+    summaries = [match for match in map(SUMMARY.fullmatch, said) if match is not None]
+    assert summaries, said
+    totals = [sum(int(match[n]) for match in summaries) for n in range(1, 7)]
+    assert totals == [1, 1, 0, 0, 1, 0], [match[0] for match in summaries]
+    assert summaries[-1][7] == "0"
+    assert said[-1] == f"completion: stopped, group {group} left"
 
 
 async def assert_refused(argv: list[str], env: dict[str, str], code: int, naming: str) -> None:
