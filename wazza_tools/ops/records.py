@@ -218,8 +218,8 @@ class Delivery:
 
     @property
     def event_type(self) -> str | None:
-        """`wazza-event-type`."""
-        return self._header(contract.H_EVENT_TYPE)
+        """`wazza-event-type`; None when empty (a body quarantined before its type was read)."""
+        return self._header(contract.H_EVENT_TYPE) or None
 
     @property
     def event_id(self) -> str | None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from consumers import JobEvent, Service, Tx
 from consumers.service import BUILTIN
 from consumers.settings import ConsumerSettings
 from consumers.store import Store, open_store
@@ -26,6 +27,7 @@ from tests.support.ingesters import deliver, serving, warm_up
 from tests.support.kafka import Topics
 from tests.support.ops import env_for, one_line_refusal
 from tests.support.signing import completed_body, processing_body
+from wazza_hooks import contract
 from wazza_tools.dev.localbroker import LocalBroker, free_port
 
 
@@ -218,3 +220,42 @@ async def test_an_unknown_service_or_an_unreachable_broker_is_one_line(
     down = f"127.0.0.1:{free_port()}"
     unreachable = one_line_refusal(await hooks("tail", "--bootstrap-servers", down, env=env))
     assert unreachable.startswith(f"wazza-hooks: cannot reach the broker at {down}")
+
+
+def failing_service() -> Service:
+    """A user's service whose handler fails on job_poison: its event is dead-lettered."""
+
+    async def handle(event: JobEvent, tx: Tx) -> str | None:
+        if event.job_id == "job_poison":
+            raise RuntimeError("cannot handle this one")
+        return None
+
+    return Service("picky", [contract.JOB_COMPLETED], handle)
+
+
+async def test_with_dlq_a_dead_letter_shows_who_gave_it_up_and_why(
+    broker: LocalBroker, topics: Topics, store: Store, store_url: str
+) -> None:
+    settings = settings_on(broker, topics)
+    async with (
+        serving(broker.bootstrap_servers, topics) as url,
+        running(store, settings, failing_service(), BUILTIN["completion"]),
+    ):
+        await warm_up(url)
+        for service in ("picky", "completion"):
+            await until(lambda s=service: offsets_reach(store, s, 1), f"{service} warmed up")  # type: ignore[misc]
+        env = tail_env(settings, store_url, topics)
+        async with tailing(env, "--dlq", "--service", "picky", "--wait", "60") as tail:
+            assert (await deliver(url, completed_body("job_poison")))[0] == 200
+            await tail.until(lambda lines: len(lines) >= 3, "the delivery, outcome, dead letter")
+            code, rest, _ = await tail.interrupt()
+
+    assert code == 0
+    lines = tail.lines + rest.splitlines(keepends=True)
+    raw = next(line for line in lines if f" {topics.raw}:" in line)
+    dead = next(line for line in lines if f" {topics.dlq}:" in line)
+    outcome = next(line for line in lines if line.startswith("    -> "))
+    assert raw.split()[1:4] == ["job.completed", "job_poison", "accepted"]
+    assert dead.split()[1:3] == ["job.completed", "job_poison"]
+    assert "  dead-lettered by picky: RuntimeError: cannot handle this one  " in dead
+    assert outcome.startswith("    -> job_poison job.completed: picky dead_lettered (+")
