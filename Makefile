@@ -3,13 +3,21 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# `make run` installs only what running needs (the `run` extra); the dev tools come with the
+# `dev` extra, which includes it, so a venv made for the tests runs the stack as it is.
+RUN_STAMP := $(VENV)/.installed-run-stamp
 
 .PHONY: install run test test-fast test-aiokafka-lowest lint bench clean tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
+
+$(RUN_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[run]'
+	touch $(RUN_STAMP)
 
 install: $(STAMP)
 
@@ -18,7 +26,7 @@ install: $(STAMP)
 tools:
 	deploy/tools/ensure-tools
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/wazza-hooks dev
 
 # Three test files at a time, each file whole on one worker (its module state and fixtures
