@@ -3,9 +3,11 @@
 (a) guard each partition's stored offset: it must be the batch's first offset, else this is a
     replay or a zombie owner: that partition's records are left alone and the caller seeks it
     to the stored offset;
-(b) insert each record's dedup key: a conflict is a duplicate, counted, not applied;
+(b) look each record's event up in the service's history (history.py), which is the dedup:
+    an event there already is a duplicate, counted, not applied;
 (c) apply the service's handler (in a savepoint, retried a few times; a record that keeps
-    failing goes to the dead-letter topic) and record the event in the job's history;
+    failing goes to the dead-letter topic) and write each event's history row, with its
+    outcome: from then on it is the event's dedup key;
 (d) store next_offset = last + 1 for each partition.
 A StoreUnavailable anywhere rolls the whole batch back and propagates: the caller waits and
 retries the same batch, never skipping it.
@@ -26,10 +28,12 @@ import orjson
 from wazza_hooks import contract
 
 from .events import EventError, JobEvent, parse_event
+from .history import HISTORY_COLUMNS, KEEP_FIRST, claim, history_job, known, set_outcomes
 from .jobs import settle_conflicts
 from .log_identity import LogReset, Stored
 from .service import Service
-from .store import IN_LIST_CHUNK, Column, Store, StoreUnavailable, Tx
+from .store import Column, Store, StoreUnavailable, Tx
+from .store.keys import event_key, event_name
 
 log = logging.getLogger("wazza.consumers.batch")
 
@@ -84,19 +88,6 @@ _OFFSET_COLUMNS: list[Column] = [
     ("kafka_partition", "integer"),
     ("next_offset", "bigint"),
     ("topic_id", "text"),
-]
-_KEY_COLUMNS: list[Column] = [("service", "text"), ("event_id", "text"), ("processed_ms", "bigint")]
-_HISTORY_COLUMNS: list[Column] = [
-    ("service", "text"),
-    ("event_id", "text"),
-    ("job_id", "text"),
-    ("event_type", "text"),
-    ("event_time_ms", "bigint"),
-    ("applied_ms", "bigint"),
-    ("outcome", "text"),
-    ("topic", "text"),
-    ("kafka_partition", "integer"),
-    ("kafka_offset", "bigint"),
 ]
 
 
@@ -217,8 +208,8 @@ async def _apply_isolated(
     tx: Tx, service: Service, records: list[Record], dead_letter: DeadLetter, result: BatchResult
 ) -> None:
     """The batch's records one at a time, each in a savepoint: one that raises anything but
-    StoreUnavailable is rolled back and dead-lettered, with a `dead_lettered` history row and
-    its dedup key where the store takes them."""
+    StoreUnavailable is rolled back and dead-lettered, with a `dead_lettered` history row (its
+    dedup key) where the store takes it."""
     now = int(time.time() * 1000)
     for record in records:
         await tx.execute("SAVEPOINT wazza_record")
@@ -252,21 +243,23 @@ def _envelope_or_none(record: Record) -> contract.RawEnvelope | None:
 async def _record_dead_letter(
     tx: Tx, service: Service, record: Record, envelope: contract.RawEnvelope, now: int
 ) -> None:
-    """The dead letter's dedup key and history row, as for any dead letter (what `dlq redrive`
-    expects); skipped where the store refuses them too (the event may be what it refuses)."""
+    """The dead letter's history row (its dedup key), as for any dead letter (what `dlq redrive`
+    expects); skipped where the store refuses it too (the event may be what it refuses)."""
     await tx.execute("SAVEPOINT wazza_dead_letter")
     try:
-        await _claim_keys(tx, service.name, [envelope.event_id], now)
-        key = (record.key or b"").decode(errors="replace")[: contract.MAX_JOB_ID_CHARS]
         await tx.insert_rows(
-            "job_events",
-            _HISTORY_COLUMNS,
+            "event_history",
+            HISTORY_COLUMNS,
             [
                 _history_row(
-                    service, record, envelope, key, envelope.received_at_ms, DEAD_LETTERED, now
+                    service,
+                    record,
+                    (0, envelope, history_job(record.key), event_key(envelope.event_id)),
+                    None,
+                    now,
                 )
             ],
-            "ON CONFLICT (service, event_id) DO NOTHING",
+            KEEP_FIRST,
         )
     except StoreUnavailable:
         raise
@@ -288,7 +281,7 @@ async def _apply_records(
     """Steps (b) and (c) for a batch's records, with a handful of statements for all of them."""
     now = int(time.time() * 1000)
     slots: list[tuple[str, str, int | None] | None] = [None] * len(records)
-    candidates: list[tuple[int, contract.RawEnvelope]] = []
+    candidates: list[_Candidate] = []
     wanted = service.event_type_headers
     for i, record in enumerate(records):
         # Most records of a service are other services' events: skipped by their type header
@@ -303,48 +296,62 @@ async def _apply_records(
             await dead_letter(tx, record, exc)
             slots[i] = ("unknown", DEAD_LETTERED, None)
             continue
-        candidates.append((i, envelope))
-    # (b) dedup: keys already stored, and repeats within the batch, are duplicates.
-    first: dict[str, int] = {}
-    for i, envelope in candidates:
-        first.setdefault(envelope.event_id, i)
-    claimed = await _claim_keys(tx, service.name, list(first), now)
-    fresh: list[tuple[int, contract.RawEnvelope]] = []
-    for i, envelope in candidates:
-        if first[envelope.event_id] == i and envelope.event_id in claimed:
-            fresh.append((i, envelope))
-        else:
-            slots[i] = (envelope.event_type, DUPLICATE, envelope.received_at_ms)
-    # (c) parse, apply, record.
-    history: dict[str, list[object]] = {}
-    events: list[tuple[int, contract.RawEnvelope, JobEvent]] = []
-    for i, envelope in fresh:
-        record = records[i]
-        try:
-            events.append((i, envelope, parse_event(record.value, envelope)))
-        except EventError as exc:
-            await dead_letter(tx, record, exc)
-            slots[i] = (envelope.event_type, DEAD_LETTERED, envelope.received_at_ms)
-            key = (record.key or b"").decode(errors="replace")
-            history[envelope.event_id] = _history_row(
-                service, record, envelope, key, envelope.received_at_ms, DEAD_LETTERED, now
-            )
-    outcomes = await _run_handlers(
-        tx, service, [(records[i], e) for i, _, e in events], dead_letter
-    )
-    for (i, envelope, event), outcome in zip(events, outcomes, strict=True):
-        slots[i] = (envelope.event_type, outcome, envelope.received_at_ms)
-        history[envelope.event_id] = _history_row(
-            service, records[i], envelope, event.job_id, event.event_time_ms, outcome, now
+        candidates.append((i, envelope, history_job(record.key), event_key(envelope.event_id)))
+    # (b) dedup: events the history holds, and repeats within the batch, are duplicates.
+    first: dict[tuple[str, bytes], int] = {}
+    for i, _, job, key in candidates:
+        first.setdefault((job, key), i)
+    unique = [c for c in candidates if first[c[2], c[3]] == c[0]]
+    parsed: list[tuple[_Candidate, JobEvent | EventError]]
+    claiming = tx.dialect == "postgresql"
+    if claiming:
+        # Several writers at once: each row is claimed before its event is applied (a copy's
+        # insert in another transaction waits for this one, then conflicts), so its event is
+        # parsed first, and an outcome other than `applied` is set once known.
+        parsed = [(c, _parsed(records[c[0]], c[1])) for c in unique]
+        claimed = await claim(
+            tx,
+            [_history_row(service, records[c[0]], c, _or_none(event), now) for c, event in parsed],
         )
-    await tx.insert_rows(
-        "job_events",
-        _HISTORY_COLUMNS,
-        list(history.values()),
-        "ON CONFLICT (service, event_id) DO NOTHING",
+        parsed = [(c, event) for c, event in parsed if (c[2], c[3]) in claimed]
+    else:
+        # One writer at a time (SQLite's write lock, held since BEGIN): what the lookup does not
+        # find stays new until this transaction commits.
+        taken = await known(tx, service.name, [(c[2], c[3]) for c in unique])
+        parsed = [(c, _parsed(records[c[0]], c[1])) for c in unique if (c[2], c[3]) not in taken]
+    fresh = {c[0] for c, _ in parsed}
+    for i, envelope, _, _ in candidates:
+        if i not in fresh:
+            slots[i] = (envelope.event_type, DUPLICATE, envelope.received_at_ms)
+    # (c) apply, record.
+    history: list[list[object]] = []
+    events: list[tuple[_Candidate, JobEvent]] = []
+    for candidate, event in parsed:
+        i, envelope = candidate[0], candidate[1]
+        if isinstance(event, EventError):
+            await dead_letter(tx, records[i], event)
+            slots[i] = (envelope.event_type, DEAD_LETTERED, envelope.received_at_ms)
+            history.append(_history_row(service, records[i], candidate, None, now))
+        else:
+            events.append((candidate, event))
+    outcomes = await _run_handlers(
+        tx, service, [(records[c[0]], e) for c, e in events], dead_letter
     )
+    changed: list[tuple[str, bytes, str]] = []
+    for (candidate, event), outcome in zip(events, outcomes, strict=True):
+        i, envelope = candidate[0], candidate[1]
+        slots[i] = (envelope.event_type, outcome, envelope.received_at_ms)
+        if claiming:
+            if outcome != APPLIED:
+                changed.append((candidate[2], candidate[3], outcome))
+        else:
+            history.append(_history_row(service, records[i], candidate, event, now, outcome))
+    if claiming:
+        await set_outcomes(tx, service.name, changed)
+    else:
+        await tx.insert_rows("event_history", HISTORY_COLUMNS, history)
     if service.tracks_jobs:
-        terminal = [e.job_id for _, _, e in events if e.terminal]
+        terminal = [e.job_id for _, e in events if e.terminal]
         if terminal:
             await settle_conflicts(tx, terminal)
     result.outcomes.extend(slot for slot in slots if slot is not None)
@@ -443,36 +450,6 @@ def event_type_header(headers: Sequence[tuple[str, bytes]]) -> bytes | None:
     return None
 
 
-async def _claim_keys(tx: Tx, service: str, event_ids: list[str], now: int) -> set[str]:
-    """Store the dedup keys of `event_ids` (distinct) not stored yet; those it stored."""
-    if not event_ids:
-        return set()
-    if tx.dialect == "postgresql":
-        # One statement: the keys that did not conflict are the fresh events.
-        rows = await tx.fetchall(
-            "INSERT INTO processed_events (service, event_id, processed_ms) "
-            "SELECT ?::text, unnest(?::text[]), ?::bigint "
-            "ON CONFLICT (service, event_id) DO NOTHING RETURNING event_id",
-            service,
-            event_ids,
-            now,
-        )
-        return {str(row[0]) for row in rows}
-    stored: set[str] = set()
-    unique = sorted(event_ids)
-    for start in range(0, len(unique), IN_LIST_CHUNK):
-        member, args = tx.in_list(unique[start : start + IN_LIST_CHUNK])
-        rows = await tx.fetchall(
-            f"SELECT event_id FROM processed_events WHERE service = ? AND event_id {member}",  # noqa: S608
-            service,
-            *args,
-        )
-        stored.update(str(row[0]) for row in rows)
-    fresh = [e for e in event_ids if e not in stored]
-    await tx.insert_rows("processed_events", _KEY_COLUMNS, [(service, e, now) for e in fresh])
-    return set(fresh)
-
-
 async def _run_handlers(
     tx: Tx, service: Service, items: list[tuple[Record, JobEvent]], dead_letter: DeadLetter
 ) -> list[str]:
@@ -526,37 +503,44 @@ async def _handle(
         return outcome or APPLIED
 
 
+_Candidate = tuple[int, contract.RawEnvelope, str, bytes]
+"""A record a service takes: its index in the batch, envelope, job and event key."""
+
+
+def _parsed(record: Record, envelope: contract.RawEnvelope) -> JobEvent | EventError:
+    """The record's event, or why its body is none."""
+    try:
+        return parse_event(record.value, envelope)
+    except EventError as exc:
+        return exc
+
+
+def _or_none(event: JobEvent | EventError) -> JobEvent | None:
+    return None if isinstance(event, EventError) else event
+
+
 def _history_row(
     service: Service,
     record: Record,
-    envelope: contract.RawEnvelope,
-    job_id: str,
-    event_time_ms: int,
-    outcome: str,
+    candidate: _Candidate,
+    event: JobEvent | None,
     now: int,
+    outcome: str = APPLIED,
 ) -> list[object]:
+    """A row of HISTORY_COLUMNS; without an event (a body that is none, a record given up) it is
+    `dead_lettered`, at the record's receive time."""
+    _, envelope, job, key = candidate
     return [
+        job,
         service.name,
-        envelope.event_id,
-        job_id,
+        key,
+        event_name(envelope.event_id, key),
         envelope.event_type,
-        event_time_ms,
+        envelope.received_at_ms if event is None else event.event_time_ms,
         now,
-        outcome,
+        now,
+        DEAD_LETTERED if event is None else outcome,
         record.topic,
         record.partition,
         record.offset,
     ]
-
-
-async def prune_dedup_keys(store: Store, service: str, retention_seconds: int) -> int:
-    """Delete `service`'s dedup keys older than its retention window; the number deleted.
-
-    Only its own: services sharing a store may keep their keys for different windows
-    (WAZZA_DEDUP_RETENTION_SECONDS is per process), and one's pruning must not shorten
-    another's duplicate protection."""
-    cutoff = int((time.time() - retention_seconds) * 1000)
-    async with store.transaction() as tx:
-        return await tx.execute(
-            "DELETE FROM processed_events WHERE service = ? AND processed_ms < ?", service, cutoff
-        )

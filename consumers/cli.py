@@ -31,7 +31,7 @@ environment:
   WAZZA_MIGRATE_ON_START   false: refuse to start while migrations are pending
                            (`wazza-hooks migrate` applies them)
   WAZZA_START_FROM         beginning (default), now or TIME: what --start-from sets
-  WAZZA_RAW_TOPIC, WAZZA_DLQ_TOPIC, WAZZA_CONSUMER_BATCH_SIZE, WAZZA_DEDUP_RETENTION_SECONDS
+  WAZZA_RAW_TOPIC, WAZZA_DLQ_TOPIC, WAZZA_CONSUMER_BATCH_SIZE, WAZZA_HISTORY_RETENTION_SECONDS
 
 examples:
   KAFKA_ENABLE_IDEMPOTENCE=false wazza-consumer completion --metrics-port 9101

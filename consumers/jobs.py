@@ -11,6 +11,7 @@ import orjson
 from .events import JobEvent
 from .state import APPLIED, JobState, Rank, decide
 from .store import IN_LIST_CHUNK, Column, Tx
+from .store.schema import EVENT_ID_SQL
 
 JOB_COLUMNS = (
     "job_id, status, percent, stage, eta_seconds, output, error, metadata, progress_rank, "
@@ -79,11 +80,11 @@ _NEW_JOB_COLUMNS: list[Column] = [
     ("updated_ms", "bigint"),
 ]
 _MARK_CONFLICT = (
-    "UPDATE job_events SET outcome = 'conflict' FROM jobs "
-    "WHERE jobs.job_id = job_events.job_id AND job_events.job_id {member} "
-    "AND job_events.outcome = 'applied' "
-    "AND job_events.event_type IN ('job.completed', 'job.failed') "
-    "AND job_events.event_id <> jobs.terminal_event_id"
+    "UPDATE event_history SET outcome = 'conflict' FROM jobs "
+    "WHERE jobs.job_id = event_history.job_id AND event_history.job_id {member} "
+    "AND event_history.outcome = 'applied' "
+    "AND event_history.event_type IN ('job.completed', 'job.failed') "
+    "AND {event_id} <> jobs.terminal_event_id"
 )
 
 
@@ -178,4 +179,6 @@ async def settle_conflicts(tx: Tx, job_ids: Sequence[str]) -> None:
     unique = sorted(set(job_ids))
     for start in range(0, len(unique), IN_LIST_CHUNK):
         member, args = tx.in_list(unique[start : start + IN_LIST_CHUNK])
-        await tx.execute(_MARK_CONFLICT.format(member=member), *args)
+        await tx.execute(
+            _MARK_CONFLICT.format(member=member, event_id=EVENT_ID_SQL[tx.dialect]), *args
+        )

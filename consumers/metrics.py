@@ -64,7 +64,7 @@ STORE_ERRORS = Counter(
 )
 DEDUP_PRUNED = Counter(
     "wazza_consumer_dedup_keys_pruned",
-    "Dedup keys deleted after the retention window.",
+    "History rows (the dedup keys) deleted after the retention window.",
     ["service"],
 )
 

@@ -37,10 +37,10 @@ from .batch import (
     apply_batch,
     event_type_header,
     keep_dead_letter,
-    prune_dedup_keys,
     reset_offsets,
     stored_offsets,
 )
+from .history import prune_history
 from .log_identity import LogReset, Stored, TopicIdRequest, find_resets, topic_id_of
 from .service import Service
 from .settings import ConsumerSettings
@@ -54,7 +54,8 @@ T = TypeVar("T")
 # A store (or, at start, a broker) that is down is retried with these waits (then the last one,
 # forever): soon enough to resume within seconds of its return, slow enough not to hammer it.
 _STORE_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
-# Dedup keys are pruned this often; the retention window (days) makes precision pointless.
+# The history (the dedup keys) is pruned this often; the retention window (days) makes precision
+# pointless.
 _PRUNE_EVERY_SECONDS = 600.0
 # A dead letter must be acknowledged before the batch moves on; past this the batch is retried.
 _DLQ_TIMEOUT_SECONDS = 10.0
@@ -808,11 +809,11 @@ class ConsumerRuntime:
 
     async def _prune(self) -> None:
         try:
-            pruned = await prune_dedup_keys(
-                self.store, self.service.name, self.settings.dedup_retention_seconds
+            pruned = await prune_history(
+                self.store, self.service.name, self.settings.history_retention_seconds
             )
         except StoreError as exc:
-            log.warning("dedup keys not pruned: %s", exc)
+            log.warning("history (dedup keys) not pruned: %s", exc)
             return
         if pruned:
             metrics.DEDUP_PRUNED.labels(self.service.name).inc(pruned)

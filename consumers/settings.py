@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -10,6 +11,11 @@ from wazza_hooks.config import ConfigError, Env, default_instance_id
 from wazza_hooks.kafka_client import PLAINTEXT, KafkaSecurity
 
 from .start_from import FROM_BEGINNING, StartFrom, parse_start_from
+
+_HISTORY_RETENTION = "WAZZA_HISTORY_RETENTION_SECONDS"
+# The history was the dedup keys' table before migration 5; deployments that set the former
+# name keep their window.
+_FORMER_HISTORY_RETENTION = "WAZZA_DEDUP_RETENTION_SECONDS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,9 +34,11 @@ class ConsumerSettings:
     """WAZZA_DLQ_TOPIC."""
     batch_size: int = 500
     """WAZZA_CONSUMER_BATCH_SIZE: records per batch (one store transaction)."""
-    dedup_retention_seconds: int = 7 * 24 * 3600
-    """WAZZA_DEDUP_RETENTION_SECONDS: how long dedup keys are kept; must outlast the sender's
-    whole retry span (5 attempts with exponential backoff)."""
+    history_retention_seconds: int = 7 * 24 * 3600
+    """WAZZA_HISTORY_RETENTION_SECONDS (formerly WAZZA_DEDUP_RETENTION_SECONDS, still read
+    when the new name is unset): how long the service's history rows, which are its dedup keys,
+    are kept; must outlast the sender's whole retry span (5 attempts with exponential backoff)
+    and any replay window."""
     group_prefix: str = "wazza-"
     """WAZZA_GROUP_PREFIX: the consumer group is this plus the service name."""
     instance_id: str = ""
@@ -68,8 +76,13 @@ class ConsumerSettings:
             raw_topic=env.text("WAZZA_RAW_TOPIC", contract.RAW_TOPIC),
             dlq_topic=env.text("WAZZA_DLQ_TOPIC", contract.DLQ_TOPIC),
             batch_size=env.integer("WAZZA_CONSUMER_BATCH_SIZE", 500, minimum=1, maximum=50_000),
-            dedup_retention_seconds=env.integer(
-                "WAZZA_DEDUP_RETENTION_SECONDS", 7 * 24 * 3600, minimum=3600, maximum=365 * 86400
+            history_retention_seconds=env.integer(
+                _HISTORY_RETENTION
+                if _HISTORY_RETENTION in (environ if environ is not None else os.environ)
+                else _FORMER_HISTORY_RETENTION,
+                7 * 24 * 3600,
+                minimum=3600,
+                maximum=365 * 86400,
             ),
             group_prefix=env.text("WAZZA_GROUP_PREFIX", "wazza-"),
             instance_id=env.text("WAZZA_INSTANCE_ID", default_instance_id()),

@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from . import StoreError
-from .schema import MIGRATIONS
+from .schema import MIGRATIONS, spelt
 
 KNOWN = len(MIGRATIONS)
 """The highest migration this code knows."""
@@ -40,7 +40,7 @@ class Migration:
 
 def summary(number: int) -> str:
     """The first line of migration `number`'s first statement."""
-    return MIGRATIONS[number - 1][0].strip().splitlines()[0].strip()
+    return spelt(MIGRATIONS[number - 1][0], "sqlite").strip().splitlines()[0].strip()
 
 
 def listing(version: int) -> list[Migration]:

@@ -18,7 +18,7 @@ from wazza_hooks.config import redact_url
 
 from . import Column, StoreError, StoreUnavailable
 from .migrations import require_current
-from .schema import MIGRATIONS, VERSION_TABLE
+from .schema import MIGRATIONS, VERSION_TABLE, spelt
 
 _PLACEHOLDER = re.compile(r"\?")
 # The store's tables grow from nothing to millions of rows within one connection's life, and
@@ -193,7 +193,7 @@ class PostgresStore:
                     if number <= current:
                         continue
                     for statement in statements:
-                        await conn.execute(statement)
+                        await conn.execute(spelt(statement, "postgresql"))
                     await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", number)
         except StoreError:
             await pool.close()

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from . import Column, StoreError, StoreUnavailable
+from .keys import event_key
 from .migrations import require_current, sqlite_version
-from .schema import MIGRATIONS, VERSION_TABLE
+from .schema import MIGRATIONS, VERSION_TABLE, spelt
 
 # How long a transaction waits for the write lock: long enough to ride out other services' batch
 # commits, short enough to report an unusable store soon.
@@ -149,6 +150,8 @@ class SqliteStore:
             # all over their indexes; SQLite's default 2 MiB cache rereads them from the file
             # every batch.
             conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+            # Migration 5 keys the history's event ids with the same function as the consumers.
+            conn.create_function("wazza_event_key", 1, event_key, deterministic=True)
             conn.execute(VERSION_TABLE)
             if migrate:
                 _migrate(conn)  # at the start: waiting the full busy timeout here is fine
@@ -222,7 +225,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
             if number <= current:
                 continue
             for statement in statements:
-                conn.execute(statement)
+                conn.execute(spelt(statement, "sqlite"))
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
         conn.execute("COMMIT")
     except BaseException:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from consumers.batch import Record, apply_batch, prune_dedup_keys, stored_offsets
+from consumers.batch import Record, apply_batch, stored_offsets
+from consumers.history import HISTORY_COLUMNS, prune_history
 from consumers.log_identity import Stored
 from consumers.service import BUILTIN
 from consumers.store import Store, StoreError, StoreUnavailable, Tx, open_store
@@ -90,19 +91,20 @@ async def test_a_bad_database_url_is_a_store_error_naming_it() -> None:
 async def test_pruning_deletes_only_this_services_keys_past_its_window(store: Store) -> None:
     day_ms = 86_400_000
     now = int(time.time() * 1000)
-    rows = [
+    kept = [
         ("progress", "old", now - 8 * day_ms),
         ("progress", "recent", now - 6 * day_ms),
         ("completion", "old-too", now - 8 * day_ms),
     ]
+    rows = [
+        ("j", service, name.encode().ljust(32, b"."), name, "job.processing", 0, ms, ms,
+         "applied", "t.raw", 0, 0)
+        for service, name, ms in kept
+    ]  # fmt: skip
     async with store.transaction() as tx:
-        await tx.insert_rows(
-            "processed_events",
-            [("service", "text"), ("event_id", "text"), ("processed_ms", "bigint")],
-            rows,
-        )
+        await tx.insert_rows("event_history", HISTORY_COLUMNS, rows)
 
-    pruned = await prune_dedup_keys(store, "progress", 7 * 86_400)
+    pruned = await prune_history(store, "progress", 7 * 86_400)
 
     assert pruned == 1
     async with store.reader() as tx:
