@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
 import sys
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -303,7 +303,7 @@ async def find_delivery(source: Source, text: str, job: str | None) -> Found:
     scan = await _scan(source, topics, job, take)
     if not copies:
         raise OpsError(f"no event {printable(text)}: {scan.describe(job)}")
-    copies.sort(key=lambda d: (d.received_ms, d.topic, d.partition, d.offset))
+    copies.sort(key=_order)
     return Found(copies[0], copies)
 
 
@@ -335,6 +335,11 @@ async def _at(source: Source, topic: str, partition: int, offset: int) -> Delive
     return found[0]
 
 
+def _order(d: Delivery) -> tuple[int, str, int, int]:
+    """Deliveries by receive time, then position."""
+    return (d.received_ms, d.topic, d.partition, d.offset)
+
+
 # --- list ---------------------------------------------------------------------------------------
 
 
@@ -343,7 +348,9 @@ async def _list(args: argparse.Namespace, source: Source) -> int:
     until = None if args.until is None else parse_time("--until", args.until)
     if since is not None and until is not None and since > until:
         raise UsageError("--since is after --until: no delivery can match")
-    latest: deque[Delivery] = deque(maxlen=args.limit)
+    # The partitions are read side by side, not in time order: the latest matches by receive
+    # time are kept in a heap whose smallest is dropped past the limit.
+    latest: list[tuple[tuple[int, str, int, int], Delivery]] = []
     matched = 0
 
     def take(d: Delivery) -> bool:
@@ -356,12 +363,14 @@ async def _list(args: argparse.Namespace, source: Source) -> int:
             and (until is None or d.received_ms <= until)
         ):
             matched += 1
-            latest.append(d)
+            heapq.heappush(latest, (_order(d), d))
+            if len(latest) > args.limit:
+                heapq.heappop(latest)
         return True
 
     topics = [source.settings.raw_topic, source.quarantine_topic]
     scan = await _scan(source, topics, args.job, take, since, until)
-    found = sorted(latest, key=lambda d: (d.received_ms, d.topic, d.partition, d.offset))
+    found = [d for _, d in sorted(latest)]
     if args.json:
         print_json(
             {
