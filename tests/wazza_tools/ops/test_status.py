@@ -29,6 +29,7 @@ from tests.support.kafka import Topics, ingest_settings, make_topics
 from tests.support.ops import env_for
 from tests.support.processes import running as process
 from tests.support.signing import sign_wazza
+from wazza_hooks.config import redact_url
 from wazza_tools.dev.apache_kafka import ApacheKafka
 from wazza_tools.dev.localbroker import free_port, port_in_use
 
@@ -325,6 +326,31 @@ async def test_an_unreachable_store_and_a_hung_ingester_are_named_within_the_bou
     shown = f"postgresql://wazza:***@127.0.0.1:{closed}/wazza"
     assert store_report.startswith(f"store at {shown}: cannot reach PostgreSQL: "), store_report
     assert "hunter2" not in on_postgres.err + on_postgres.out
+
+
+async def test_pending_migrations_are_a_problem_naming_them(
+    broker: ApacheKafka, store: Store, store_url: str
+) -> None:
+    topics = await make_topics(broker.bootstrap_servers, partitions=1)
+    settings = settings_on(broker, topics)
+    # A store as the release before this one left it: the newest migration not recorded.
+    async with store.transaction() as tx:
+        await tx.execute("DELETE FROM schema_version WHERE version = ?", KNOWN)
+    result = await hooks(
+        "status", "--sample", 0, "--json", env=status_env(settings, topics, store_url)
+    )
+    assert result.code == 1, result
+    shown = redact_url(store_url)
+    assert (
+        f"store at {shown}: schema version {KNOWN - 1}, migration(s) {KNOWN} pending "
+        "(run `wazza-hooks migrate`, or start a consumer that migrates)"
+    ) in problems(result)
+    doc = result.json()["store"]
+    assert (doc["reachable"], doc["schemaVersion"], doc["knownSchemaVersion"]) == (
+        True,
+        KNOWN - 1,
+        KNOWN,
+    )
 
 
 async def test_bad_arguments_exit_2_with_one_line() -> None:
