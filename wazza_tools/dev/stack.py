@@ -2,20 +2,26 @@
 
 The local broker, its topics, the ingester and the three consumer services (on SQLite by
 default), with prefixed, coloured output; Ctrl-C stops them all. The development secret is
-generated once and kept in `./var/dev-secret`.
+generated once and kept in `./var/dev-secret`. A running stack holds `VAR/dev.lock` (an
+advisory lock the system drops with the process, however it ends), so that a second stack or a
+`--reset` on the same folder is refused rather than pulling the state from under it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -54,6 +60,19 @@ _DRAIN_SECONDS = 120.0
 # How often the drain compares the consumers' stored offsets with the log's end, and prints
 # the records left.
 _DRAIN_POLL_SECONDS = 0.5
+# The stack's lock in its state folder, and what a reset keeps there: the secret senders and
+# registrations were given.
+_LOCK_FILE = "dev.lock"
+_KEPT_BY_RESET = ("dev-secret", _LOCK_FILE)
+# What a consumer says once it joined its group and sought its partitions (consumers/runtime.py):
+# from then on it takes what the ingester publishes.
+_JOINED = "joined group"
+# The banner waits for every part to be ready; past this it says which it is still waiting for
+# (a broker starting on a loaded machine, a store that is locked), then keeps waiting.
+_SLOW_START_SECONDS = 20.0
+# The ingester's /readyz is asked this often while the stack starts, each answer awaited this long.
+_READY_POLL_SECONDS = 0.2
+_READY_TIMEOUT_SECONDS = 1.0
 
 
 def add_dev_parser(sub: Any) -> None:
@@ -61,8 +80,16 @@ def add_dev_parser(sub: Any) -> None:
     dev = sub.add_parser(
         "dev",
         help="run the local stack: broker, topics, ingester, consumers",
-        description="Run the local stack in the foreground; Ctrl-C stops everything.",
-        epilog="examples:\n  wazza-hooks dev\n  wazza-hooks dev --port 8081 --ingesters 2",
+        description=(
+            "Run the local stack in the foreground; Ctrl-C stops everything. The commands to try "
+            "are printed once the ingester and the three consumers are ready. --reset first "
+            "clears the state folder (the broker's log, the store, expect files; the dev secret "
+            "is kept), after asking (or with --yes); refused while a stack runs on that folder."
+        ),
+        epilog=(
+            "examples:\n  wazza-hooks dev\n  wazza-hooks dev --port 8081 --ingesters 2\n"
+            "  wazza-hooks dev --reset\n  wazza-hooks dev --reset --yes --var /tmp/wazza-var"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from wazza_tools.dev.args import add_engine_argument
@@ -80,8 +107,17 @@ def add_dev_parser(sub: Any) -> None:
     dev.add_argument("--var", type=Path, default=Path("var"), help="state folder (./var)")
     dev.add_argument(
         "--store",
-        default=DEFAULT_STORE,
-        help="the consumers' DATABASE_URL (default sqlite:///./var/wazza.db)",
+        default=None,
+        help="the consumers' DATABASE_URL (default sqlite:///./var/wazza.db: wazza.db in --var)",
+    )
+    dev.add_argument(
+        "--reset",
+        action="store_true",
+        help="clear the state folder first (the broker's log, the store, expect files; "
+        "dev-secret is kept); asks on a terminal",
+    )
+    dev.add_argument(
+        "--yes", action="store_true", help="with --reset: clear without asking (scripts, CI)"
     )
     dev.add_argument(
         "--metrics-port",
@@ -104,19 +140,132 @@ def dev_secret(var: Path) -> str:
     return value
 
 
-def _pipe(name: str, stream: IO[bytes]) -> None:
+def _pipe(name: str, stream: IO[bytes], joined: threading.Event) -> None:
     colour = _COLOURS.get(name, "") if sys.stdout.isatty() else ""
     reset = _RESET if colour else ""
     for raw in iter(stream.readline, b""):
         line = raw.decode(errors="replace").rstrip("\n")
+        if _JOINED in line:
+            joined.set()
         sys.stdout.write(f"{colour}[{name:>7}]{reset} {line}\n")
         sys.stdout.flush()
 
 
+def _store_of(args: argparse.Namespace) -> str:
+    """--store, else wazza.db in the state folder (DEFAULT_STORE for the default ./var)."""
+    if args.store is not None:
+        return str(args.store)
+    return DEFAULT_STORE if args.var == Path("var") else f"sqlite:///{args.var}/wazza.db"
+
+
+def _lock_state(var: Path) -> IO[str] | None:
+    """The stack's lock on `var`, held until this process ends; None (said on stderr) when
+    another stack holds it."""
+    var.mkdir(parents=True, exist_ok=True)
+    handle = (var / _LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read().strip() or "unknown"
+        handle.close()
+        print(
+            f"wazza-hooks dev: a dev stack (pid {pid}) is running on {var}: stop it (Ctrl-C in "
+            "its terminal) first, or pass another --var",
+            file=sys.stderr,
+        )
+        return None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _broker_running_on(var: Path) -> bool:
+    """True when an Apache Kafka broker (`wazza-hooks broker`) has its log under `var`: Kafka
+    locks its log folder (`.lock`, a POSIX record lock) while it runs."""
+    lock = var / "kafka" / "data" / ".lock"
+    try:
+        with lock.open("r+") as handle:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return False
+
+
+def _reset(var: Path, store: str, yes: bool) -> int:
+    """Clear the state folder but what _KEPT_BY_RESET names, after asking; 0 when cleared or
+    nothing was there, else the exit code (said on stderr). The caller holds the stack's lock."""
+    if _broker_running_on(var):
+        print(
+            f"wazza-hooks dev: a broker (`wazza-hooks broker`) is running on {var / 'kafka'}: "
+            "stop it first",
+            file=sys.stderr,
+        )
+        return 1
+    doomed = sorted(p for p in var.iterdir() if p.name not in _KEPT_BY_RESET)
+    if not doomed:
+        print(f"wazza-hooks dev: --reset: nothing to clear in {var}", flush=True)
+        return 0
+    names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in doomed)
+    if not yes:
+        if not sys.stdin.isatty():
+            print(
+                f"wazza-hooks dev: --reset would delete {names} in {var}: add --yes to do so "
+                "without a terminal to ask on",
+                file=sys.stderr,
+            )
+            return 2
+        answer = input(f"Delete {names} in {var} (dev-secret is kept)? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("wazza-hooks dev: --reset not confirmed: nothing deleted", file=sys.stderr)
+            return 1
+    for path in doomed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    print(f"wazza-hooks dev: cleared {var}: {names} deleted, dev-secret kept", flush=True)
+    if not store.startswith("sqlite:") or not _inside(store, var):
+        print(f"wazza-hooks dev: the store {store} is not in {var}: not cleared", flush=True)
+    return 0
+
+
+def _inside(store: str, var: Path) -> bool:
+    from consumers.store.sqlite import sqlite_path
+
+    return sqlite_path(store).resolve().is_relative_to(var.resolve())
+
+
+def _ingester_ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/readyz", timeout=_READY_TIMEOUT_SECONDS
+        ) as answer:
+            return bool(answer.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def run_dev(args: argparse.Namespace) -> int:
     """Run the stack until Ctrl-C or SIGTERM; 0 on a clean stop."""
+    if args.yes and not args.reset:
+        print("wazza-hooks dev: --yes goes with --reset", file=sys.stderr)
+        return 2
+    lock = _lock_state(args.var)
+    if lock is None:
+        return 1
+    with lock:
+        return _run_locked(args)
+
+
+def _run_locked(args: argparse.Namespace) -> int:
+    """The stack, its state folder locked."""
     import asyncio
 
+    store = _store_of(args)
     busy = [("ingester", args.port), ("broker", args.broker_port)]
     if args.engine != "tansu":
         busy.append(("broker's controller", args.broker_port + 1))
@@ -130,6 +279,8 @@ def run_dev(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
+    if args.reset and (code := _reset(args.var, store, args.yes)):
+        return code
     secret = dev_secret(args.var)
     stopping = threading.Event()
     cut_short = threading.Event()
@@ -168,7 +319,7 @@ def run_dev(args: argparse.Namespace) -> int:
             "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             # Tansu refuses InitProducerId; Apache Kafka keeps the production default (on).
             "KAFKA_ENABLE_IDEMPOTENCE": "false" if broker.memory_only else "true",
-            "DATABASE_URL": args.store,
+            "DATABASE_URL": store,
         }
         commands = {
             "ingest": [sys.executable, "-m", "ingest.server", "--port", str(args.port),
@@ -179,6 +330,7 @@ def run_dev(args: argparse.Namespace) -> int:
                 for i, name in enumerate(_SERVICES)
             },
         }  # fmt: skip
+        joined = {name: threading.Event() for name in _SERVICES}
         for name, command in commands.items():
             procs[name] = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
                 command,
@@ -189,14 +341,31 @@ def run_dev(args: argparse.Namespace) -> int:
             )
             stream = procs[name].stdout
             assert stream is not None  # noqa: S101
-            threading.Thread(target=_pipe, args=(name, stream), daemon=True).start()
-        _banner(args, broker.bootstrap_servers, broker.memory_only)
+            said = joined.get(name, threading.Event())
+            threading.Thread(target=_pipe, args=(name, stream, said), daemon=True).start()
+        started = time.monotonic()
+        waiting_said = False
+        announced = False
         while not stopping.is_set():
             for name, proc in procs.items():
                 if proc.poll() is not None:
                     print(f"wazza-hooks dev: {name} exited ({proc.returncode})", file=sys.stderr)
                     return 1
-            stopping.wait(0.2)
+            if not announced:
+                # The commands to paste are printed once they work: the ingester answers
+                # /readyz and every consumer joined its group.
+                pending = [n for n in _SERVICES if not joined[n].is_set()]
+                if not _ingester_ready(args.port):
+                    pending.insert(0, "the ingester")
+                if not pending:
+                    _banner(args, store, broker.bootstrap_servers, broker.memory_only)
+                    announced = True
+                elif not waiting_said and time.monotonic() - started > _SLOW_START_SECONDS:
+                    print(
+                        f"wazza-hooks dev: waiting for {', '.join(pending)} to be ready", flush=True
+                    )
+                    waiting_said = True
+            stopping.wait(_READY_POLL_SECONDS)
         return 0
     finally:
         # The ingester first: nothing new is acknowledged while the consumers catch up.
@@ -204,7 +373,7 @@ def run_dev(args: argparse.Namespace) -> int:
         if ingest is not None:
             _stop_process(ingest)
         if broker.memory_only and procs and all(p.poll() is None for p in procs.values()):
-            asyncio.run(_drain(broker.bootstrap_servers, args.store, cut_short))
+            asyncio.run(_drain(broker.bootstrap_servers, store, cut_short))
         for proc in procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -315,7 +484,7 @@ async def _drain(bootstrap: str, store_url: str, cut_short: threading.Event) -> 
     )
 
 
-def _banner(args: argparse.Namespace, bootstrap: str, memory_only: bool) -> None:
+def _banner(args: argparse.Namespace, store_url: str, bootstrap: str, memory_only: bool) -> None:
     url = f"http://127.0.0.1:{args.port}/api/webhooks/wazza"
     secret_file = args.var / "dev-secret"
     hooks = _own_command("wazza-hooks")
@@ -341,8 +510,8 @@ def _banner(args: argparse.Namespace, bootstrap: str, memory_only: bool) -> None
     )
     exported_store = os.environ.get("DATABASE_URL")
     store = (
-        f"DATABASE_URL={args.store} "
-        if args.store != DEFAULT_STORE or (exported_store and exported_store != args.store)
+        f"DATABASE_URL={store_url} "
+        if store_url != DEFAULT_STORE or (exported_store and exported_store != store_url)
         else ""
     )
     print(
@@ -354,7 +523,7 @@ def _banner(args: argparse.Namespace, bootstrap: str, memory_only: bool) -> None
                 f"  secret           kept in {secret_file} (generated for this machine)",
                 f"  broker           {bootstrap} ({broker_note})",
                 f"  metrics          http://127.0.0.1:{args.port}/metrics (ingester), {consumers}",
-                f"  store            {args.store}",
+                f"  store            {store_url}",
                 "  send a signed test event, as Wazza would:",
                 f"    {hooks} send-test --event completed --job-id job_abc123{to}",
                 "  see the result:",

@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import json
 import os
+import pty
 import signal
 import sqlite3
 import stat
@@ -405,6 +406,111 @@ async def test_dev_stops_whole_when_its_terminal_closes(tmp_path: Path) -> None:
     )
     left = {pid for pid in stack if alive(pid)}
     assert not left, f"processes of the stack still running: {left}"
+
+
+# --- dev --reset and the banner -----------------------------------------------------------------
+
+
+def leftovers(var: Path) -> None:
+    """A state folder as a previous run leaves it: a broker log, a store, an expect file."""
+    (var / "kafka" / "data").mkdir(parents=True)
+    (var / "kafka" / "data" / "meta.properties").write_text("cluster.id=old\n")
+    (var / "wazza.db").write_bytes(b"an old store")
+    (var / "expect.json").write_text("{}")
+    (var / "dev-secret").write_text("a" * 64 + "\n")
+
+
+async def test_dev_reset_clears_the_state_and_the_banner_waits_until_everything_is_ready(
+    tmp_path: Path,
+) -> None:
+    var = tmp_path / "var"
+    leftovers(var)
+    port, broker_port = two_free_ports()
+    dev_argv = hooks(
+        "dev", "--reset", "--yes", "--engine", "tansu", "--port", port,
+        "--broker-port", broker_port, "--metrics-port", 0,
+    )  # fmt: skip
+    with running(dev_argv, env=subprocess_env(), cwd=tmp_path) as dev:
+        await dev.wait_for_stdout("wazza-hooks is running locally", START_SECONDS * 3)
+        # Printed only once the ingester answers /readyz and every consumer joined its group.
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"http://127.0.0.1:{port}/readyz", timeout=aiohttp.ClientTimeout(total=2)
+            ) as resp,
+        ):
+            assert resp.status == 200
+        before_banner = dev.stdout.split("wazza-hooks is running locally")[0]
+        for service in ("completion", "failure", "progress"):
+            assert f"{service}: joined group" in before_banner, dev.output()
+        assert before_banner.startswith(
+            "wazza-hooks dev: cleared var: expect.json, kafka/, wazza.db deleted, dev-secret kept"
+        ), dev.output()
+        assert not (var / "kafka").exists()
+        assert not (var / "expect.json").exists()
+        assert (var / "dev-secret").read_text() == "a" * 64 + "\n"
+        with contextlib.closing(sqlite3.connect(var / "wazza.db")) as conn:  # the new store
+            assert conn.execute("SELECT COUNT(*) FROM jobs").fetchall() == [(0,)]
+
+        # Another --reset on the same folder while the stack runs: refused, nothing deleted.
+        other, other_broker = two_free_ports()
+        refused = run(
+            hooks("dev", "--reset", "--yes", "--engine", "tansu", "--port", other,
+                  "--broker-port", other_broker, "--metrics-port", 0, "--var", var)
+        )  # fmt: skip
+        assert refused.returncode == 1, refused
+        assert f"a dev stack (pid {dev.pid}) is running on {var}" in refused.stderr
+        assert refused.stderr.count("\n") == 1, refused.stderr
+        assert (var / "wazza.db").exists()
+        assert not port_in_use("127.0.0.1", other_broker)
+
+        os.killpg(dev.pid, signal.SIGINT)
+        assert await dev.wait_exit(60) == 0, dev.output()
+
+
+def test_dev_reset_without_a_terminal_asks_for_yes_and_deletes_nothing(tmp_path: Path) -> None:
+    var = tmp_path / "var"
+    leftovers(var)
+    port, broker_port = two_free_ports()
+
+    done = run(
+        hooks("dev", "--reset", "--engine", "tansu", "--port", port, "--broker-port", broker_port,
+              "--var", var)
+    )  # fmt: skip
+    alone = run(hooks("dev", "--yes", "--var", var))
+
+    assert done.returncode == 2, done
+    assert "--reset would delete expect.json, kafka/, wazza.db" in done.stderr
+    assert "add --yes" in done.stderr
+    assert (var / "kafka" / "data" / "meta.properties").exists()
+    assert (var / "wazza.db").read_bytes() == b"an old store"
+    assert alone.returncode == 2, alone
+    assert "--yes goes with --reset" in alone.stderr
+    assert "Traceback" not in done.stderr + alone.stderr
+
+
+def test_dev_reset_asks_on_a_terminal_and_a_no_deletes_nothing(tmp_path: Path) -> None:
+    var = tmp_path / "var"
+    leftovers(var)
+    port, broker_port = two_free_ports()
+    leader, follower = pty.openpty()
+    try:
+        os.write(leader, b"n\n")
+        done = subprocess.run(
+            hooks("dev", "--reset", "--engine", "tansu", "--port", port,
+                  "--broker-port", broker_port, "--var", var),
+            stdin=follower, capture_output=True, text=True, env=subprocess_env(),
+            timeout=REFUSAL_SECONDS,
+        )  # fmt: skip
+    finally:
+        os.close(leader)
+        os.close(follower)
+
+    assert done.returncode == 1, done
+    assert "Delete expect.json, kafka/, wazza.db in" in done.stdout
+    assert "(dev-secret is kept)? [y/N]" in done.stdout
+    assert "--reset not confirmed: nothing deleted" in done.stderr
+    assert (var / "wazza.db").read_bytes() == b"an old store"
 
 
 # --- help -------------------------------------------------------------------------------------
