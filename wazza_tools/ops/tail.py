@@ -27,7 +27,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from consumers.store import IN_LIST_CHUNK, Store, Tx
+from consumers.store import IN_LIST_CHUNK, Store, Tx, store_problem
 from wazza_hooks.config import decimal_number
 from wazza_tools.ops.connect import (
     OpsError,
@@ -172,7 +172,7 @@ async def _tail(args: argparse.Namespace, source: Source) -> int:
                 loop.add_signal_handler(sig, stop.set)
             follower = asyncio.create_task(view.follow(store))
             try:
-                await _read(consumer, source, view, stop)
+                await _read(consumer, source, view, stop, follower)
             finally:
                 follower.cancel()
     return 0
@@ -198,10 +198,16 @@ async def _start(
 
 
 async def _read(
-    consumer: AIOKafkaConsumer, source: Source, view: _View, stop: asyncio.Event
+    consumer: AIOKafkaConsumer,
+    source: Source,
+    view: _View,
+    stop: asyncio.Event,
+    follower: asyncio.Task[None],
 ) -> None:
     prefix = source.settings.group_prefix
     while not stop.is_set():
+        if follower.done():
+            follower.result()  # its error, shown: no outcome line would come any more
         try:
             batch = await consumer.getmany(timeout_ms=int(POLL_SECONDS * 1000))
         except KafkaError as exc:
@@ -217,8 +223,9 @@ class _View:
     def __init__(self, args: argparse.Namespace, source: Source) -> None:
         self._args = args
         self._raw = source.settings.raw_topic
+        self._url = source.settings.database_url
         self._following: dict[str, _Followed] = {}
-        self._store_down: str | None = None
+        self._store_down = False
 
     def arrived(self, d: Delivery) -> None:
         args = self._args
@@ -246,23 +253,42 @@ class _View:
             await asyncio.sleep(POLL_SECONDS)
             if not self._following:
                 continue
-            try:
-                async with asyncio.timeout(STORE_QUERY_SECONDS):
-                    async with store.reader() as tx:
-                        offsets, rows = await self._lookup(tx)
-            except Exception as exc:  # any store failure: the lines still come
-                self._warn_store(repr(exc))
-                offsets, rows = None, None
-            else:
-                self._store_down = None
+            answer = await self._poll(store)
             now = time.monotonic()
             for followed in list(self._following.values()):
-                if offsets is not None and rows is not None:
-                    self._settle(followed, offsets, rows)
-                if (offsets is not None and followed.outcomes and not followed.pending) or (
-                    now >= followed.deadline
-                ):
+                if answer is not None:
+                    self._settle(followed, *answer)
+                    if followed.outcomes and not followed.pending:
+                        self._done(followed)
+                        continue
+                if now >= followed.deadline:
                     self._done(followed)
+
+    async def _poll(
+        self, store: Store
+    ) -> tuple[dict[tuple[str, int], int], dict[tuple[str, str], tuple[str, int, str]]] | None:
+        """The store's answer, or None (said once on stderr) while it does not give one."""
+        try:
+            async with asyncio.timeout(STORE_QUERY_SECONDS), store.reader() as tx:
+                answer = await self._lookup(tx)
+        except Exception as exc:
+            problem = (
+                f"no answer within {STORE_QUERY_SECONDS:g} s"
+                if isinstance(exc, TimeoutError)
+                else store_problem(exc, self._url)
+            )
+            if problem is None:
+                raise  # not the store's: a bug, to show whole
+            if not self._store_down:
+                print(
+                    f"wazza-hooks: the store: {problem}; outcomes wait until it answers",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            self._store_down = True
+            return None
+        self._store_down = False
+        return answer
 
     async def _lookup(
         self, tx: Tx
@@ -381,13 +407,3 @@ class _View:
             f"{outcome_text(d)}  {d.id}",
             flush=True,
         )
-
-    def _warn_store(self, problem: str) -> None:
-        if self._store_down is None:
-            print(
-                f"wazza-hooks: cannot read the store ({problem}); outcomes are pending until "
-                "it answers",
-                file=sys.stderr,
-                flush=True,
-            )
-        self._store_down = problem

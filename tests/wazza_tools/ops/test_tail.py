@@ -172,16 +172,16 @@ async def test_the_filters_keep_what_they_name_and_the_text_lines_read_well(
             tailing(env, "--job", "job_f", "--type", "completed", "--wait", "60") as by_job,
             tailing(env, "--service", "progress", "--json", "--wait", "60") as by_service,
         ):
-            bodies = [
-                completed_body("job_g"),
-                processing_body("job_f", 10),
+            for body in (completed_body("job_g"), processing_body("job_f", 10)):
+                await deliver(url, body)
+            # Its outcome first: a completion applied before it would make it stale.
+            await by_service.until(lambda lines: len(lines) >= 2, "the progress event")
+            for body in (
                 completed_body("job_f"),
                 processing_body("job_g", 150),  # quarantined: no service takes it
-            ]
-            for body in bodies:
+            ):
                 await deliver(url, body)
             await by_job.until(lambda lines: len(lines) >= 2, "job_f's completion and outcome")
-            await by_service.until(lambda lines: len(lines) >= 2, "the progress event")
             for service in BUILTIN:
                 await until(lambda s=service: offsets_reach(store, s, 4), f"{service} done")  # type: ignore[misc]
             await asyncio.sleep(2)  # a few polls: a line the filters let through would be out
