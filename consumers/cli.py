@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import logging
 import os
 import signal
 import sys
@@ -169,6 +170,16 @@ async def _run(service: object, settings: object, host: str, port: int) -> int:
             return 1
         if store is None:
             return 0  # stopped while waiting for the store
+        if settings.database_url.startswith("sqlite:"):
+            from .store.sqlite import sqlite_path
+
+            # The URL's path may be relative to a folder the reader does not have in mind.
+            logging.getLogger("wazza.consumers").info(
+                "%s: store %s is the file %s",
+                service.name,
+                settings.database_url,
+                sqlite_path(settings.database_url).resolve(),
+            )
         try:
             runtime = ConsumerRuntime(service, settings, store)
             server.runtime = runtime

@@ -37,10 +37,24 @@ _CACHE_KIB = 64 * 1024
 
 
 def sqlite_path(url: str) -> Path:
-    """The file of a `sqlite:///relative` or `sqlite:////absolute` URL."""
+    """The file of a `sqlite:///relative/path` or `sqlite:////absolute/path` URL.
+
+    `sqlite:///tmp/x.db` is ./tmp/x.db. Where ./tmp does not exist but /tmp does, the absolute
+    path was surely meant: refused with the spelling of each (a store opened there would not be
+    found by whoever wrote it, and no file could be made there anyway)."""
     if not url.startswith("sqlite:///"):
         raise StoreError(f"a SQLite URL is sqlite:///path, got {url!r}")
-    return Path(url[len("sqlite:///") :])
+    written = url[len("sqlite:///") :]
+    path = Path(written)
+    # The first folder as written: `./tmp/x.db` and `x.db` say plainly where they are.
+    first = written.split("/", 1)[0] if "/" in written else "."
+    if first not in ("", ".", "..") and not Path(first).exists() and (Path("/") / first).is_dir():
+        raise StoreError(
+            f"{url} names ./{path} (relative: ./{first} does not exist here) while "
+            f"/{first} exists: for /{path} write sqlite:////{path} (four slashes); for a "
+            f"file under this folder, create ./{first} first"
+        )
+    return path
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:

@@ -130,6 +130,7 @@ async def test_a_later_start_continues_from_the_stored_offsets_whatever_the_opti
     assert await present(store, "job_skipped") == set()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("argv", "env", "message"),
     [
@@ -158,6 +159,7 @@ def test_a_start_it_cannot_use_is_refused_in_one_line(
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_the_help_says_the_option_is_for_the_first_start_only() -> None:
     done = subprocess.run(
         [str(BIN / "wazza-consumer"), "--help"], env=subprocess_env(), capture_output=True,

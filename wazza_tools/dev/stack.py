@@ -266,6 +266,15 @@ def _run_locked(args: argparse.Namespace) -> int:
     import asyncio
 
     store = _store_of(args)
+    if store.startswith("sqlite:"):
+        from consumers.store import StoreError
+        from consumers.store.sqlite import sqlite_path
+
+        try:
+            sqlite_path(store)
+        except StoreError as exc:
+            print(f"wazza-hooks dev: --store: {exc}", file=sys.stderr)
+            return 2
     busy = [("ingester", args.port), ("broker", args.broker_port)]
     if args.engine != "tansu":
         busy.append(("broker's controller", args.broker_port + 1))

@@ -15,6 +15,7 @@ from aiokafka.errors import KafkaError
 from consumers.store import Store, StoreError, Tx, open_existing_store
 from wazza_hooks.kafka_client import PLAINTEXT, KafkaSecurity
 from wazza_hooks.producers import refusal, start_problem
+from wazza_tools.sqlite_file import say_sqlite_file
 
 # A reachable broker answers metadata and offset requests in milliseconds; an unreachable one is
 # reported after this long rather than leaving an operator's terminal hanging.
@@ -38,6 +39,7 @@ async def store_at(url: str) -> AsyncIterator[Store]:
     """The consumers' store at `url`, migrated; one that does not exist is refused
     (`open_existing_store`), and every failure to open it is an `OpsError`."""
     try:
+        say_sqlite_file(url)
         store = await open_existing_store(url)
     except StoreError as exc:
         raise OpsError(str(exc)) from exc

@@ -23,6 +23,7 @@ from consumers.jobs import JOB_COLUMNS, row_to_state
 from consumers.store import Store, Tx, open_existing_store, store_problem
 from wazza_hooks.config import whole_number
 from wazza_tools.render import iso_time, print_json, printable, state_fields, table
+from wazza_tools.sqlite_file import say_sqlite_file
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/wazza.db"
 STATUSES = ("processing", "completed", "failed")
@@ -135,6 +136,7 @@ def run_jobs(args: argparse.Namespace) -> int:
 
 def _read(url: str, query: Callable[[Tx], Awaitable[_T]]) -> _T:
     async def run() -> _T:
+        say_sqlite_file(url)
         store: Store = await open_existing_store(url)
         try:
             async with store.reader() as tx:

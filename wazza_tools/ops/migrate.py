@@ -18,6 +18,7 @@ import sys
 from consumers.store import StoreError, open_store
 from consumers.store.migrations import KNOWN, listing, refuse_newer, sqlite_version
 from wazza_hooks.config import redact_url
+from wazza_tools.sqlite_file import say_sqlite_file
 
 
 def add_migrate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,6 +60,7 @@ def run_migrate(args: argparse.Namespace) -> int:
 
 
 async def _migrate(url: str, shown: str, show: bool) -> int:
+    say_sqlite_file(url)
     version = await store_version(url)
     if show:
         print(f"{shown}: schema version {version}; this code knows {KNOWN}")

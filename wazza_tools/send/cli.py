@@ -260,10 +260,12 @@ def _verify(args: argparse.Namespace) -> int:
     from consumers.store import StoreUnavailable, open_store, refuse_missing_sqlite
     from wazza_tools.send.expect import read_expect
     from wazza_tools.send.verify import Report, wait_for_match
+    from wazza_tools.sqlite_file import say_sqlite_file
 
     expected = read_expect(args.expect)
     url = _database_url(args)
     shown = redact_url(url)
+    say_sqlite_file(url)
     refuse_missing_sqlite(url)  # opening it would create an empty store, every job missing
     tty = sys.stderr.isatty()
 
