@@ -169,6 +169,9 @@ async def apply_batch(
     if spans is None:
         spans = {p: (rs[0].offset, rs[-1].offset + 1) for p, rs in partitions.items()}
     result = BatchResult()
+    # Headers and bodies are read before the transaction: it holds the store's write lock
+    # (SQLite) or the jobs' rows (PostgreSQL), and the other services wait for it meanwhile.
+    reads = {p: [_read(service, r) for r in rs] for p, rs in partitions.items()}
     async with store.transaction() as tx:
         # One statement, rows locked in partition order: two owners of overlapping partitions
         # (a zombie) lock alike.
@@ -186,7 +189,7 @@ async def apply_batch(
             first = spans[int(partition)][0]
             if stored > first or (stored < first and int(partition) not in accept_gaps):
                 result.seek[int(partition)] = stored
-        taken = {p: r for p, r in partitions.items() if p not in result.seek}
+        taken = {p: r for p, r in reads.items() if p not in result.seek}
         records = [r for rs in taken.values() for r in rs]
         if records and isolate:
             await _apply_isolated(tx, service, records, dead_letter, result)
@@ -205,22 +208,23 @@ async def apply_batch(
 
 
 async def _apply_isolated(
-    tx: Tx, service: Service, records: list[Record], dead_letter: DeadLetter, result: BatchResult
+    tx: Tx, service: Service, reads: list[_Read], dead_letter: DeadLetter, result: BatchResult
 ) -> None:
     """The batch's records one at a time, each in a savepoint: one that raises anything but
     StoreUnavailable is rolled back and dead-lettered, with a `dead_lettered` history row (its
     dedup key) where the store takes it."""
     now = int(time.time() * 1000)
-    for record in records:
+    for read in reads:
+        record = read.record
         await tx.execute("SAVEPOINT wazza_record")
         try:
-            await _apply_records(tx, service, [record], dead_letter, result)
+            await _apply_records(tx, service, [read], dead_letter, result)
         except StoreUnavailable:
             raise
         except Exception as exc:
             await tx.execute("ROLLBACK TO SAVEPOINT wazza_record")
             await dead_letter(tx, record, exc)
-            envelope = _envelope_or_none(record)
+            envelope = read.envelope
             result.outcomes.append(
                 (
                     envelope.event_type if envelope else "unknown",
@@ -231,13 +235,6 @@ async def _apply_isolated(
             if envelope is not None:
                 await _record_dead_letter(tx, service, record, envelope, now)
         await tx.execute("RELEASE SAVEPOINT wazza_record")
-
-
-def _envelope_or_none(record: Record) -> contract.RawEnvelope | None:
-    try:
-        return contract.RawEnvelope.from_headers(record.headers)
-    except contract.ContractError:
-        return None
 
 
 async def _record_dead_letter(
@@ -275,40 +272,75 @@ async def _record_dead_letter(
     await tx.execute("RELEASE SAVEPOINT wazza_dead_letter")
 
 
+class _Read(NamedTuple):
+    """A record as read before the transaction: skipped by its type, or its envelope, job,
+    event key and event (or what reading it raised, dealt with in the transaction)."""
+
+    record: Record
+    """The record."""
+    skipped: bytes | None
+    """Its type header, when the service does not take that type."""
+    envelope: contract.RawEnvelope | None
+    """Its contract headers; None when skipped or unreadable (then `event` says why)."""
+    job: str
+    """The job its history row is kept under."""
+    key: bytes
+    """Its event key."""
+    event: JobEvent | Exception | None
+    """Its event, or what reading it raised (EventError: a body that is no event; anything
+    else: a defect, raised in the transaction to be tracked down); None when skipped."""
+
+
+def _read(service: Service, record: Record) -> _Read:
+    # Most records of a service are other services' events: skipped by their type header
+    # alone (the contract puts it first), without reading the rest.
+    raw_type = event_type_header(record.headers)
+    if raw_type is not None and raw_type not in service.event_type_headers:
+        return _Read(record, raw_type, None, "", b"", None)
+    try:
+        envelope = contract.RawEnvelope.from_headers(record.headers)
+    except Exception as exc:  # ContractError is dead-lettered; anything else raised, in the tx
+        return _Read(record, None, None, "", b"", exc)
+    job, key = history_job(record.key), event_key(envelope.event_id)
+    try:
+        event: JobEvent | Exception = parse_event(record.value, envelope)
+    except Exception as exc:  # EventError is dead-lettered; anything else raised, in the tx
+        event = exc
+    return _Read(record, None, envelope, job, key, event)
+
+
 async def _apply_records(
-    tx: Tx, service: Service, records: list[Record], dead_letter: DeadLetter, result: BatchResult
+    tx: Tx, service: Service, reads: list[_Read], dead_letter: DeadLetter, result: BatchResult
 ) -> None:
     """Steps (b) and (c) for a batch's records, with a handful of statements for all of them."""
     now = int(time.time() * 1000)
-    slots: list[tuple[str, str, int | None] | None] = [None] * len(records)
+    slots: list[tuple[str, str, int | None] | None] = [None] * len(reads)
     candidates: list[_Candidate] = []
-    wanted = service.event_type_headers
-    for i, record in enumerate(records):
-        # Most records of a service are other services' events: skipped by their type header
-        # alone (the contract puts it first), without reading the rest.
-        raw_type = event_type_header(record.headers)
-        if raw_type is not None and raw_type not in wanted:
-            slots[i] = (raw_type.decode(errors="replace"), SKIPPED, None)
-            continue
-        try:
-            envelope = contract.RawEnvelope.from_headers(record.headers)
-        except contract.ContractError as exc:
-            await dead_letter(tx, record, exc)
-            slots[i] = ("unknown", DEAD_LETTERED, None)
-            continue
-        candidates.append((i, envelope, history_job(record.key), event_key(envelope.event_id)))
+    for i, read in enumerate(reads):
+        if read.skipped is not None:
+            slots[i] = (read.skipped.decode(errors="replace"), SKIPPED, None)
+        elif read.envelope is None:
+            failure = read.event
+            if isinstance(failure, contract.ContractError):
+                await dead_letter(tx, read.record, failure)
+                slots[i] = ("unknown", DEAD_LETTERED, None)
+            elif isinstance(failure, Exception):
+                raise failure  # a defect a record triggers: found record by record
+        else:
+            candidates.append((i, read.envelope, read.job, read.key))
+    records = [read.record for read in reads]
     # (b) dedup: events the history holds, and repeats within the batch, are duplicates.
     first: dict[tuple[str, bytes], int] = {}
     for i, _, job, key in candidates:
         first.setdefault((job, key), i)
     unique = [c for c in candidates if first[c[2], c[3]] == c[0]]
-    parsed: list[tuple[_Candidate, JobEvent | EventError]]
+    parsed: list[tuple[_Candidate, JobEvent | Exception]]
     claiming = tx.dialect == "postgresql"
     if claiming:
         # Several writers at once: each row is claimed before its event is applied (a copy's
         # insert in another transaction waits for this one, then conflicts), so its event is
         # parsed first, and an outcome other than `applied` is set once known.
-        parsed = [(c, _parsed(records[c[0]], c[1])) for c in unique]
+        parsed = [(c, _event(reads[c[0]])) for c in unique]
         claimed = await claim(
             tx,
             [_history_row(service, records[c[0]], c, _or_none(event), now) for c, event in parsed],
@@ -318,7 +350,7 @@ async def _apply_records(
         # One writer at a time (SQLite's write lock, held since BEGIN): what the lookup does not
         # find stays new until this transaction commits.
         taken = await known(tx, service.name, [(c[2], c[3]) for c in unique])
-        parsed = [(c, _parsed(records[c[0]], c[1])) for c in unique if (c[2], c[3]) not in taken]
+        parsed = [(c, _event(reads[c[0]])) for c in unique if (c[2], c[3]) not in taken]
     fresh = {c[0] for c, _ in parsed}
     for i, envelope, _, _ in candidates:
         if i not in fresh:
@@ -328,7 +360,9 @@ async def _apply_records(
     events: list[tuple[_Candidate, JobEvent]] = []
     for candidate, event in parsed:
         i, envelope = candidate[0], candidate[1]
-        if isinstance(event, EventError):
+        if isinstance(event, Exception):
+            if not isinstance(event, EventError):
+                raise event  # a defect a body triggers: found record by record
             await dead_letter(tx, records[i], event)
             slots[i] = (envelope.event_type, DEAD_LETTERED, envelope.received_at_ms)
             history.append(_history_row(service, records[i], candidate, None, now))
@@ -507,16 +541,14 @@ _Candidate = tuple[int, contract.RawEnvelope, str, bytes]
 """A record a service takes: its index in the batch, envelope, job and event key."""
 
 
-def _parsed(record: Record, envelope: contract.RawEnvelope) -> JobEvent | EventError:
-    """The record's event, or why its body is none."""
-    try:
-        return parse_event(record.value, envelope)
-    except EventError as exc:
-        return exc
+def _event(read: _Read) -> JobEvent | Exception:
+    """The event of a record the service takes (or what reading it raised)."""
+    assert read.event is not None  # noqa: S101 - only skipped records have none
+    return read.event
 
 
-def _or_none(event: JobEvent | EventError) -> JobEvent | None:
-    return None if isinstance(event, EventError) else event
+def _or_none(event: JobEvent | Exception) -> JobEvent | None:
+    return None if isinstance(event, Exception) else event
 
 
 def _history_row(
