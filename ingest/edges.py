@@ -27,7 +27,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -122,9 +122,11 @@ class GuardedRequestHandler(RequestHandler):
         over = manager is not None and len(manager.connections) >= self.limits.max_connections
         super().connection_made(transport)
         if over:
-            assert isinstance(transport, asyncio.Transport)  # noqa: S101 - a TCP connection
+            # A TCP connection: a write transport, though uvloop's is no asyncio.Transport
+            # subclass (an isinstance check here left the connection open and unanswered).
+            stream = cast(asyncio.Transport, transport)
             body = orjson.dumps({"error": "too_many_connections", "detail": "try again later"})
-            transport.write(
+            stream.write(
                 b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                 + f"Retry-After: {self.limits.retry_after_seconds}\r\n".encode()
                 + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()

@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(settings: IngestSettings, host: str, port: int, *, reuse_port: bool) -> int:
     import asyncio
 
+    import uvloop
+
     from wazza_hooks.logs import setup_logging
 
     from .app import build_app
@@ -100,7 +102,11 @@ def _serve(settings: IngestSettings, host: str, port: int, *, reuse_port: bool) 
     lines = setup_logging("ingest")
     app = build_app(settings, lines=lines if settings.log_requests else None)
     try:
-        asyncio.run(_run(app, host, port, reuse_port=reuse_port, lines=lines, settings=settings))
+        # uvloop: the same asyncio API on libuv, its callbacks, timers and socket transports in
+        # C. Every request wakes the loop twice (its body, then its ack), and the loop's own
+        # Python was a fair share of each (`make bench`: see bench/results/notes-20261206b.md).
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_run(app, host, port, reuse_port=reuse_port, lines=lines, settings=settings))
     except OSError as exc:
         print(
             f"wazza-ingest: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr
