@@ -38,8 +38,9 @@ DEFAULT_PARTITIONS = 12
 # How often a topic just created is asked for its leaders.
 _LEADER_POLL_SECONDS = 0.05
 
-# The consumers keep dedup keys 7 days (WAZZA_DEDUP_RETENTION_SECONDS): a raw record older than
-# that could be re-read as new after a replay, so the raw topic keeps at least as long.
+# The consumers keep each event's history row, their dedup key, 7 days
+# (WAZZA_HISTORY_RETENTION_SECONDS): a raw record older than that could be re-read as new after a
+# replay, so the raw topic keeps at least as long.
 DEFAULT_RAW_RETENTION_HOURS = 7 * 24
 # Dead letters wait for a person: a month covers a holiday and the time to fix the cause.
 DEFAULT_DLQ_RETENTION_DAYS = 30

@@ -10,7 +10,7 @@ Configuration as the consumers read it (DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS, W
 WAZZA_DLQ_TOPIC, WAZZA_GROUP_PREFIX, KAFKA_ENABLE_IDEMPOTENCE), with `--database-url` and
 `--bootstrap-servers` on top. Exit codes: 0; 1 with one line on stderr when something cannot be
 reached or found (or a record could not be redriven); 2 for bad arguments. The `--json`
-formats are documented in README.md ("Replay and dead letters") and only ever gain fields.
+formats are documented in docs/cli.md and only ever gain fields.
 The options are in `ops_args`.
 """
 

@@ -6,7 +6,7 @@
   with its outcome (`applied`, `stale`, `conflict`, `dead_lettered`).
 
 They only read (through the store's reader), from DATABASE_URL or `--database-url`. The `--json`
-formats are documented in README.md ("Reading job state") and are a stable interface: fields are
+formats are documented in docs/cli.md and are a stable interface: fields are
 only ever added. Times are ISO-8601 UTC with milliseconds (`2025-10-22T10:30:00.000Z`) or null.
 """
 
