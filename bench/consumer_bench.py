@@ -528,7 +528,6 @@ async def bench_services(
         " of raw",
         flush=True,
     )
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     for kind in () if args.only_e2e else args.stores:
         results: dict[str, Any] = {}
         for key in args.services:
@@ -563,7 +562,7 @@ async def bench_services(
                 continue
             names = key.split("+")
             profile = (
-                RESULTS / f"consumers-{stamp}-{engine}-{kind}-{key}.prof.txt"
+                RESULTS / f"consumers-{args.stamp}-{engine}-{kind}-{key}.prof.txt"
                 if args.profile
                 else None
             )
@@ -686,7 +685,7 @@ async def amain(args: argparse.Namespace) -> int:
     report["bar"] = {"sqlite": BAR_SQLITE, "postgresql": BAR_POSTGRES, "e2e_p99_s": BAR_E2E_P99_S,
                      "passed": passed}  # fmt: skip
     report["loadavg_at_end"] = list(os.getloadavg())
-    out = RESULTS / f"consumers-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.json"
+    out = RESULTS / f"consumers-{args.stamp}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(
         f"worst single-service ratio: SQLite {worst('sqlite'):.2f} (bar {BAR_SQLITE}), "
@@ -744,7 +743,10 @@ def main() -> int:
         help="both (default): raw consumption on Apache Kafka and on Tansu, the services and "
         "end to end on Kafka; kafka or tansu: everything on that one",
     )
-    return asyncio.run(amain(parser.parse_args()))
+    args = parser.parse_args()
+    # One name for the run's files: its JSON and its profiles.
+    args.stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    return asyncio.run(amain(args))
 
 
 if __name__ == "__main__":
