@@ -234,6 +234,7 @@ def _kept_text(letter: KeptDeadLetter) -> str:
 
 
 async def _dlq_redrive(args: argparse.Namespace, settings: ConsumerSettings) -> int:
+    from consumers.redrive import NOT_RECORDED_YET
     from wazza_tools.ops.connect import (
         OpsError,
         UsageError,
@@ -242,7 +243,6 @@ async def _dlq_redrive(args: argparse.Namespace, settings: ConsumerSettings) -> 
         unknown_service,
     )
     from wazza_tools.ops.deadletters import (
-        NOT_RECORDED_YET,
         NOT_REDRIVABLE,
         parse_id,
         read_dead_letters,

@@ -1,31 +1,39 @@
 """Reading the dead-letter topic and sending its records back (`wazza-hooks dlq list|redrive`).
 
-A dead-lettered event keeps its dedup key and a `dead_lettered` history row, so publishing it
-again as it is would only count a duplicate. A redrive, for one dead-letter record:
+A redrive of one dead-letter record, the store's steps in `consumers.redrive` (they encode the
+consumers' dedup rules):
 
-1. in one store transaction: records the redrive (`dlq_redrives`, pending), deletes the
-   service's dedup key and its `dead_lettered` history row for the event, and refreshes the
-   dedup keys of the other services that took the event, so that they drop the copy as a
-   duplicate even when their keys were about to be pruned;
-2. publishes the original key, value and contract headers to the raw topic (the only topic the
-   services read; one job's events keep one partition), plus `wazza-redriven-from`;
-3. marks the redrive published, with the raw position.
+1. `claim_redrive`: records the redrive and lets the service that gave the event up take it
+   again, while the other services keep it as a duplicate;
+2. here: publishes the original key, value and contract headers to the raw topic (the only
+   topic the services read; one job's events keep one partition), plus `wazza-redriven-from`;
+3. `mark_published`, with the raw position.
 
 So the event is applied once by the service that gave it up and by no other. Redriving the
 same record again does nothing once published; a redrive interrupted between 1 and 3 is
 completed by the next one (a second copy, if the first did land, is a duplicate). An event
-taken since (its history no longer `dead_lettered`) is not sent again.
+taken since is not sent again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiokafka.errors import KafkaError
 
+from consumers.redrive import (
+    ALREADY_REDRIVEN,
+    ALREADY_TAKEN,
+    NOT_RECORDED_YET,
+    REDRIVEN,
+    DeadLetterPosition,
+    Redrive,
+    claim_redrive,
+    mark_published,
+    redrives,
+)
 from consumers.store import Store
 from wazza_hooks import contract
 from wazza_hooks.kafka_client import PLAINTEXT, KafkaSecurity
@@ -51,26 +59,8 @@ _DLQ_HEADERS = frozenset(
 # Reading the whole topic to its end: generous for a large one on a loaded machine.
 _READ_TIMEOUT_SECONDS = 60.0
 
-# Redrive results.
-REDRIVEN = "redriven"
-ALREADY_REDRIVEN = "already_redriven"
-ALREADY_TAKEN = "already_taken"
+# A redrive's result found before the store is asked (the others: consumers.redrive).
 NOT_REDRIVABLE = "not_redrivable"
-NOT_RECORDED_YET = "not_recorded_yet"
-
-
-@dataclass(frozen=True, slots=True)
-class Redrive:
-    """A redrive recorded in the store."""
-
-    requested_ms: int
-    """When it was asked for."""
-    published_ms: int | None
-    """When the copy was acknowledged by the broker; None while pending (interrupted)."""
-    raw_partition: int | None
-    """Where the copy went on the raw topic."""
-    raw_offset: int | None
-    """Its offset there."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,35 +181,14 @@ async def with_redrives(
     store: Store, topic: str, records: Sequence[DeadLetterRecord]
 ) -> list[DeadLetterRecord]:
     """The records with the redrives the store recorded for them."""
-    async with store.reader() as tx:
-        rows = await tx.fetchall(
-            "SELECT dlq_partition, dlq_offset, event_id, requested_ms, published_ms, "
-            "raw_partition, raw_offset FROM dlq_redrives WHERE dlq_topic = ?",
-            topic,
-        )
-    redrives = {
-        (int(p), int(o), str(e)): Redrive(
-            int(req), _int(pub), _int(raw_partition), _int(raw_offset)
-        )
-        for p, o, e, req, pub, raw_partition, raw_offset in rows
-    }
+    recorded = await redrives(store, topic)
     return [
-        _replace_redrive(r, redrives.get((r.partition, r.offset, _event_id(r)))) for r in records
+        replace(r, redrive=recorded.get((r.partition, r.offset, _event_id(r)))) for r in records
     ]
-
-
-def _int(value: object) -> int | None:
-    return None if value is None else int(str(value))
 
 
 def _event_id(record: DeadLetterRecord) -> str:
     return record.envelope.event_id if record.envelope is not None else ""
-
-
-def _replace_redrive(record: DeadLetterRecord, redrive: Redrive | None) -> DeadLetterRecord:
-    from dataclasses import replace
-
-    return replace(record, redrive=redrive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +260,8 @@ async def _send_back(
     results: list[RedriveResult] = []
     async with broker_writer(bootstrap_servers, enable_idempotence, security) as producer:
         for record, service, event_id in pending:
-            state = await claim_redrive(store, dlq_topic, record, service, event_id)
+            position = DeadLetterPosition(dlq_topic, record.partition, record.offset, event_id)
+            state = await claim_redrive(store, position, record.key, service)
             if state == ALREADY_REDRIVEN:
                 results.append(RedriveResult(record, ALREADY_REDRIVEN, "already redriven"))
                 continue
@@ -330,18 +300,7 @@ async def _send_back(
                     f"dead letter {record.id}: {raw_topic} did not acknowledge its copy ({exc!r}); "
                     "run the redrive again to finish it"
                 ) from exc
-            async with store.transaction() as tx:
-                await tx.execute(
-                    "UPDATE dlq_redrives SET published_ms = ?, raw_partition = ?, raw_offset = ? "
-                    "WHERE dlq_topic = ? AND dlq_partition = ? AND dlq_offset = ? AND event_id = ?",
-                    _now_ms(),
-                    meta.partition,
-                    meta.offset,
-                    dlq_topic,
-                    record.partition,
-                    record.offset,
-                    event_id,
-                )
+            await mark_published(store, position, meta.partition, meta.offset)
             results.append(
                 RedriveResult(
                     record,
@@ -362,93 +321,3 @@ def _refusal(record: DeadLetterRecord, known: Sequence[str]) -> str | None:
     if record.service is None or record.service not in known:
         return f"group {record.letter.group!r} is not a service the store knows"
     return None
-
-
-async def claim_redrive(
-    store: Store, dlq_topic: str, record: DeadLetterRecord, service: str, event_id: str
-) -> str:
-    """Step 1 of a redrive: REDRIVEN (go on and publish), ALREADY_REDRIVEN, ALREADY_TAKEN or
-    NOT_RECORDED_YET.
-
-    The `dlq_redrives` row is claimed first: of two redrives of one record at once, the second
-    waits for the first's transaction. The dedup key is deleted only while the history still
-    says `dead_lettered`, in one statement: once the key is gone the service may apply a copy,
-    and a key it wrote then is never deleted by a late redrive of another copy.
-    """
-    now = _now_ms()
-    position = (dlq_topic, record.partition, record.offset, event_id)
-    async with store.transaction() as tx:
-        claimed = await tx.execute(
-            "INSERT INTO dlq_redrives (dlq_topic, dlq_partition, dlq_offset, event_id, "
-            "service, requested_ms) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (dlq_topic, dlq_partition, dlq_offset, event_id) DO NOTHING",
-            *position,
-            service,
-            now,
-        )
-        if not claimed:
-            row = await tx.fetchone(
-                "SELECT published_ms FROM dlq_redrives WHERE dlq_topic = ? "
-                "AND dlq_partition = ? AND dlq_offset = ? AND event_id = ?",
-                *position,
-            )
-            if row is not None and row[0] is not None:
-                return ALREADY_REDRIVEN
-        elif not await tx.fetchone(
-            "SELECT 1 FROM job_events WHERE service = ? AND event_id = ?", service, event_id
-        ):
-            # A service publishes a dead letter, and waits for its ack, before the batch that
-            # records it (history row, dedup key) commits. Sent now, the copy would meet that key
-            # as a duplicate, and the redrive would stand as done: the event never applied.
-            await tx.execute(
-                "DELETE FROM dlq_redrives WHERE dlq_topic = ? AND dlq_partition = ? "
-                "AND dlq_offset = ? AND event_id = ?",
-                *position,
-            )
-            return NOT_RECORDED_YET
-        await tx.execute(
-            "DELETE FROM processed_events WHERE service = ? AND event_id = ? AND EXISTS ("
-            "SELECT 1 FROM job_events WHERE service = ? AND event_id = ? "
-            "AND outcome = 'dead_lettered')",
-            service,
-            event_id,
-            service,
-            event_id,
-        )
-        await tx.execute(
-            "DELETE FROM job_events WHERE service = ? AND event_id = ? "
-            "AND outcome = 'dead_lettered'",
-            service,
-            event_id,
-        )
-        if await tx.fetchone(
-            "SELECT 1 FROM job_events WHERE service = ? AND event_id = ?", service, event_id
-        ):
-            if claimed:  # this redrive did nothing: it leaves no trace
-                await tx.execute(
-                    "DELETE FROM dlq_redrives WHERE dlq_topic = ? AND dlq_partition = ? "
-                    "AND dlq_offset = ? AND event_id = ?",
-                    *position,
-                )
-            else:  # an interrupted one's copy did land (or the event came again): it is done
-                await tx.execute(
-                    "UPDATE dlq_redrives SET published_ms = ? WHERE dlq_topic = ? "
-                    "AND dlq_partition = ? AND dlq_offset = ? AND event_id = ?",
-                    now,
-                    *position,
-                )
-            return ALREADY_TAKEN
-        # The other services that took the event keep (or get back) a fresh dedup key.
-        await tx.execute(
-            "INSERT INTO processed_events (service, event_id, processed_ms) "
-            "SELECT service, event_id, ? FROM job_events WHERE event_id = ? AND service <> ? "
-            "ON CONFLICT (service, event_id) DO UPDATE SET processed_ms = excluded.processed_ms",
-            now,
-            event_id,
-            service,
-        )
-    return REDRIVEN
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -1,72 +1,56 @@
-"""A redrive's store side (`claim_redrive`) on SQLite and PostgreSQL, without a broker: what it
-deletes and keeps, and how a second, an interrupted and a needless redrive end."""
+"""A redrive's store side (consumers/redrive.py) on SQLite and PostgreSQL, without a broker:
+what it deletes and keeps, and how a second, an interrupted and a needless redrive end."""
 
 from __future__ import annotations
 
 import time
 
-from consumers.store import Store
-from tests.support.consumers import completed, envelope_of, rows
-from wazza_hooks import contract
-from wazza_tools.ops.deadletters import (
+from consumers.history import HISTORY_COLUMNS
+from consumers.redrive import (
     ALREADY_REDRIVEN,
     ALREADY_TAKEN,
     NOT_RECORDED_YET,
     REDRIVEN,
-    DeadLetterRecord,
+    DeadLetterPosition,
     claim_redrive,
+    mark_published,
 )
+from consumers.store import Store
+from consumers.store.keys import event_key
+from tests.support.consumers import completed, envelope_of, rows
 
 DLQ = "t.dlq"
 BODY = completed("job_poison", "2025-10-22T10:30:00Z")
 EVENT = envelope_of(BODY).event_id
+KEY = event_key(EVENT)
 LONG_AGO = 1_000
 
 
-def letter(offset: int = 7) -> DeadLetterRecord:
-    headers = tuple(envelope_of(BODY).to_headers())
-    return DeadLetterRecord(
-        partition=1,
-        offset=offset,
-        timestamp_ms=int(time.time() * 1000),
-        key=b"job_poison",
-        value=BODY,
-        headers=headers,
-        letter=contract.DeadLetter("wazza-picky", "RuntimeError", "boom", "t.raw", 0, 3),
-        envelope=contract.RawEnvelope.from_headers(headers),
-        service="picky",
-    )
+def letter(offset: int = 7) -> DeadLetterPosition:
+    """The dead letter of the event at `offset` of partition 1 of the dead-letter topic."""
+    return DeadLetterPosition(DLQ, 1, offset, EVENT)
 
 
 async def took(store: Store, service: str, outcome: str) -> None:
-    """The service took the event (long ago): its dedup key and its history row."""
+    """The service took the event (long ago): its history row, which is its dedup key."""
     async with store.transaction() as tx:
-        await tx.execute(
-            "INSERT INTO processed_events (service, event_id, processed_ms) VALUES (?, ?, ?)",
-            service,
-            EVENT,
-            LONG_AGO,
-        )
-        await tx.execute(
-            "INSERT INTO job_events (service, event_id, job_id, event_type, event_time_ms, "
-            "applied_ms, outcome, topic, kafka_partition, kafka_offset) "
-            "VALUES (?, ?, 'job_poison', 'job.completed', 0, ?, ?, 't.raw', 0, 3)",
-            service,
-            EVENT,
-            LONG_AGO,
-            outcome,
-        )
+        await tx.insert_rows(
+            "event_history",
+            HISTORY_COLUMNS,
+            [("job_poison", service, KEY, None, "job.completed", 0, LONG_AGO, LONG_AGO, outcome,
+              "t.raw", 0, 3)],
+            "ON CONFLICT (job_id, service, event_key) DO UPDATE SET outcome = excluded.outcome",
+        )  # fmt: skip
 
 
 async def keys(store: Store) -> dict[str, int]:
-    found = await rows(
-        store, "SELECT service, processed_ms FROM processed_events WHERE event_id = ?", EVENT
-    )
+    """Each service's row of the event: when it was last renewed (kept_ms)."""
+    found = await rows(store, "SELECT service, kept_ms FROM event_history WHERE event_key = ?", KEY)
     return {str(s): int(ms) for s, ms in found}
 
 
 async def outcomes(store: Store) -> dict[str, str]:
-    found = await rows(store, "SELECT service, outcome FROM job_events WHERE event_id = ?", EVENT)
+    found = await rows(store, "SELECT service, outcome FROM event_history WHERE event_key = ?", KEY)
     return {str(s): str(o) for s, o in found}
 
 
@@ -76,12 +60,7 @@ async def redrives(store: Store) -> list[tuple[int, bool]]:
 
 
 async def publish(store: Store, offset: int = 7) -> None:
-    async with store.transaction() as tx:
-        await tx.execute(
-            "UPDATE dlq_redrives SET published_ms = 1, raw_partition = 0, raw_offset = 9 "
-            "WHERE dlq_offset = ?",
-            offset,
-        )
+    await mark_published(store, letter(offset), 0, 9)
 
 
 async def test_a_redrive_clears_its_services_key_and_refreshes_the_others(
@@ -91,31 +70,31 @@ async def test_a_redrive_clears_its_services_key_and_refreshes_the_others(
     await took(store, "completion", "applied")
     before = int(time.time() * 1000)
 
-    assert await claim_redrive(store, DLQ, letter(), "picky", EVENT) == REDRIVEN
+    assert await claim_redrive(store, letter(), b"job_poison", "picky") == REDRIVEN
 
     assert await outcomes(store) == {"completion": "applied"}  # the dead_lettered row is gone
     refreshed = await keys(store)
-    assert list(refreshed) == ["completion"]  # picky's key gone: its copy will be applied
+    assert list(refreshed) == ["completion"]  # picky's row gone: its copy will be applied
     assert refreshed["completion"] >= before  # completion's kept fresh: it drops the copy
     assert await redrives(store) == [(7, False)]  # recorded, not yet published
 
     await publish(store)
-    assert await claim_redrive(store, DLQ, letter(), "picky", EVENT) == ALREADY_REDRIVEN
+    assert await claim_redrive(store, letter(), b"job_poison", "picky") == ALREADY_REDRIVEN
 
 
 async def test_an_interrupted_redrive_is_finished_by_the_next_and_never_clears_a_new_key(
     store: Store,
 ) -> None:
     await took(store, "picky", "dead_lettered")
-    assert await claim_redrive(store, DLQ, letter(), "picky", EVENT) == REDRIVEN
+    assert await claim_redrive(store, letter(), b"job_poison", "picky") == REDRIVEN
     # The broker never acknowledged: the next redrive goes on from there.
-    assert await claim_redrive(store, DLQ, letter(), "picky", EVENT) == REDRIVEN
+    assert await claim_redrive(store, letter(), b"job_poison", "picky") == REDRIVEN
     assert await redrives(store) == [(7, False)]
 
     # Its copy had landed after all and the service applied it: nothing more to send, and
     # the service's new key stays.
     await took(store, "picky", "applied")
-    assert await claim_redrive(store, DLQ, letter(), "picky", EVENT) == ALREADY_TAKEN
+    assert await claim_redrive(store, letter(), b"job_poison", "picky") == ALREADY_TAKEN
     assert await keys(store) == {"picky": LONG_AGO}
     assert await outcomes(store) == {"picky": "applied"}
     assert await redrives(store) == [(7, True)]
@@ -125,12 +104,12 @@ async def test_a_dead_letter_whose_event_was_taken_since_is_not_sent_and_leaves_
     store: Store,
 ) -> None:
     await took(store, "picky", "dead_lettered")
-    assert await claim_redrive(store, DLQ, letter(7), "picky", EVENT) == REDRIVEN
+    assert await claim_redrive(store, letter(7), b"job_poison", "picky") == REDRIVEN
     await publish(store, 7)
     await took(store, "picky", "applied")  # the copy was applied
 
     # The same event dead-lettered at another position (say, before the fix was deployed).
-    assert await claim_redrive(store, DLQ, letter(8), "picky", EVENT) == ALREADY_TAKEN
+    assert await claim_redrive(store, letter(8), b"job_poison", "picky") == ALREADY_TAKEN
     assert await redrives(store) == [(7, True)]
     assert await keys(store) == {"picky": LONG_AGO}
 
@@ -143,9 +122,9 @@ async def test_a_dead_letter_its_service_has_not_recorded_yet_is_left_alone_unti
     # the batch is about to commit, and the redrive would stand as done.
     await took(store, "completion", "applied")
 
-    assert await claim_redrive(store, DLQ, letter(), "picky", EVENT) == NOT_RECORDED_YET
+    assert await claim_redrive(store, letter(), b"job_poison", "picky") == NOT_RECORDED_YET
     assert await redrives(store) == []  # no trace: the next redrive starts afresh
     assert await keys(store) == {"completion": LONG_AGO}
 
     await took(store, "picky", "dead_lettered")  # the batch committed
-    assert await claim_redrive(store, DLQ, letter(), "picky", EVENT) == REDRIVEN
+    assert await claim_redrive(store, letter(), b"job_poison", "picky") == REDRIVEN
