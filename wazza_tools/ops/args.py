@@ -14,9 +14,10 @@ examples:
   wazza-hooks replay --service deliveries --from 2026-11-26T09:00:00+01:00 --dry-run --json
 
 Lowers the service's offsets in the store; it may be running (it picks the replay up within
-about a second) or stopped (it does when it starts). Every record read again keeps its dedup
-key, so it counts as a duplicate: no state changes, no history row is added. Events applied
-longer ago than the dedup retention window would be applied again: the command refuses such
+about a second) or stopped (it does when it starts). Every record read again meets its history
+row, the service's dedup key, so it counts as a duplicate: no state changes, no history row is
+added. Records older than the history retention (WAZZA_HISTORY_RETENTION_SECONDS, by their
+broker timestamps) may have been forgotten and would be applied again: the command refuses such
 a replay unless --allow-reapply is given.
 """
 
@@ -88,7 +89,8 @@ def add_ops_parsers(sub: Any) -> None:
     replay.add_argument(
         "--allow-reapply",
         action="store_true",
-        help="go on even when events older than the dedup window would be applied again",
+        help="go on even when records older than the history retention would be read again "
+        "(the events among them the service has forgotten are applied again)",
     )
 
     dlq = sub.add_parser(

@@ -115,6 +115,7 @@ async def _replay(args: argparse.Namespace, settings: ConsumerSettings) -> int:
         OpsError,
         broker_reader,
         offset_bounds,
+        offsets_since,
         partitions_of,
         store_at,
     )
@@ -125,12 +126,20 @@ async def _replay(args: argparse.Namespace, settings: ConsumerSettings) -> int:
         async with broker_reader(settings.bootstrap_servers, settings.kafka_security) as consumer:
             partitions = await partitions_of(consumer, settings.raw_topic)
             bounds = await offset_bounds(consumer, partitions)
-        plan = await plan_replay(store, args.service, settings.raw_topic, bounds, since_ms)
+            retention_ms = settings.history_retention_seconds * 1000
+            recent = await offsets_since(
+                consumer, partitions, int(time.time() * 1000) - retention_ms
+            )
+        remembered = {p: bounds[1][p] if o is None else o for p, o in recent.items()}
+        plan = await plan_replay(
+            store, args.service, settings.raw_topic, bounds, since_ms, remembered
+        )
         if plan.reapplied and not args.allow_reapply and not args.dry_run:
             raise OpsError(
-                f"{plan.reapplied} events in that range were applied before the dedup "
-                "retention window: their keys are pruned, so they would be applied again. "
-                "Choose a later --from, or add --allow-reapply"
+                f"{plan.reapplied} records in that range are older than the history retention "
+                f"(WAZZA_HISTORY_RETENTION_SECONDS, {settings.history_retention_seconds} s): "
+                f"{args.service} may have forgotten the events among them, and would apply "
+                "them again. Choose a later --from, or add --allow-reapply"
             )
         moved = [] if args.dry_run else await apply_replay(store, plan)
     moves = [m for m in plan.moves if m.target < m.stored] if args.dry_run else moved

@@ -150,3 +150,16 @@ async def offset_bounds(
         {tp.partition: int(o) for tp, o in beginnings.items()},
         {tp.partition: int(o) for tp, o in ends.items()},
     )
+
+
+async def offsets_since(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], since_ms: int
+) -> dict[int, int | None]:
+    """Per partition, the first offset whose record's timestamp is `since_ms` or later (Kafka's
+    offsets-for-times); None where every record held is older."""
+    try:
+        async with asyncio.timeout(BROKER_TIMEOUT_SECONDS):
+            found = await consumer.offsets_for_times(dict.fromkeys(partitions, since_ms))
+    except (KafkaError, TimeoutError) as exc:
+        raise OpsError(f"cannot read the offsets of {partitions[0].topic}: {exc!r}") from exc
+    return {tp.partition: None if at is None else int(at.offset) for tp, at in found.items()}

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from consumers.history import job_history
 from consumers.jobs import JOB_COLUMNS, row_to_state
 from consumers.store import Store, Tx, open_existing_store, store_problem
 from wazza_hooks.config import whole_number
@@ -170,17 +171,15 @@ async def _jobs(tx: Tx, status: str | None, limit: int) -> list[_Job]:
 
 
 async def _history(tx: Tx, job_id: str) -> list[_Event]:
-    rows = await tx.fetchall(
-        "SELECT service, event_id, event_type, event_time_ms, applied_ms, outcome "
-        "FROM job_events WHERE job_id = ? "
-        "ORDER BY event_time_ms, applied_ms, service, event_id",
-        job_id,
-    )
-    if not rows and await tx.fetchone("SELECT 1 FROM jobs WHERE job_id = ?", job_id) is None:
+    events = await job_history(tx, job_id)
+    if not events and await tx.fetchone("SELECT 1 FROM jobs WHERE job_id = ?", job_id) is None:
         # A job can have history without a row (an event dead-lettered before it was parsed),
         # and a row without history; neither means the store never heard of it.
         raise _NotFound(job_id)
-    return [(str(s), str(i), str(t), int(e), int(a), str(o)) for s, i, t, e, a, o in rows]
+    return [
+        (e.service, e.event_id, e.event_type, e.event_time_ms, e.applied_ms, e.outcome)
+        for e in events
+    ]
 
 
 def _job_of(row: Sequence[Any]) -> _Job:

@@ -12,9 +12,12 @@ the service runs:
   positions every second and seeks where the store went back (`ConsumerRuntime._reconcile`);
 - a stopped service seeks to the stored offsets when it starts, as always.
 
-The records read again keep their dedup keys, so each is a `duplicate`: no state changes and no
-history row is added. Only keys pruned after the retention window (events applied longer ago)
-would be applied again; `plan_replay` counts those and the command refuses unless told.
+The records read again meet their history rows, which are the services' dedup keys, so each is
+a `duplicate`: no state changes and no history row is added. Only rows pruned after the history
+retention (WAZZA_HISTORY_RETENTION_SECONDS) are forgotten, and a pruned row leaves no trace in the
+store: `plan_replay` counts the records older than the retention by their broker timestamps (an
+upper bound: a service's row is kept at least that long after the record arrived), and the
+command refuses to read them again unless told.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from consumers.store import Store, Tx
+from consumers.history import first_offsets_since
+from consumers.store import Store
 from wazza_tools.ops.connect import known_services, unknown_service
 
 
@@ -37,7 +41,8 @@ class PartitionMove:
     target: int
     """The next offset after it (never above `stored`)."""
     reapplied: int
-    """Events in the range whose dedup keys were pruned: they would be applied again."""
+    """Records in the range older than the history retention: the events among them the service
+    took may be forgotten, and would then be applied again."""
     log_start: int = 0
     """The first offset the broker still held when planned (retention deletes below it)."""
     log_end: int | None = None
@@ -72,7 +77,7 @@ class ReplayPlan:
 
     @property
     def reapplied(self) -> int:
-        """How many of their events would be applied again (dedup keys pruned)."""
+        """How many of them are older than the history retention (see `PartitionMove`)."""
         return sum(m.reapplied for m in self.moves)
 
 
@@ -82,14 +87,17 @@ async def plan_replay(
     topic: str,
     log_bounds: tuple[dict[int, int], dict[int, int]],
     since_ms: int | None,
+    remembered_from: dict[int, int] | None = None,
 ) -> ReplayPlan:
     """The replay's new offsets; raises OpsError for a service the store has never seen.
 
-    `log_bounds` is each partition's first offset still held and its end (`offset_bounds`).
+    `log_bounds` is each partition's first offset still held and its end (`offset_bounds`);
+    `remembered_from` the first offset of each partition received within the history retention
+    (`offsets_since`; None: all of them).
     From the beginning, each partition goes back to the first offset Kafka still holds. From a
     time, to the first record the service took at or after it, by its own history
-    (`job_events.applied_ms`): that covers every record received after the time, and works
-    alike on every broker (the local one answers offsets_for_times wrongly).
+    (`consumers.history.first_offsets_since`): that covers every record received after the
+    time, and works alike on every broker (Tansu answers offsets_for_times wrongly).
     """
     async with store.reader() as tx:
         rows = await tx.fetchall(
@@ -103,14 +111,7 @@ async def plan_replay(
         stored = {int(p): int(o) for p, o in rows}
         firsts: dict[int, int] = {}
         if since_ms is not None:
-            found = await tx.fetchall(
-                "SELECT kafka_partition, MIN(kafka_offset) FROM job_events "
-                "WHERE service = ? AND topic = ? AND applied_ms >= ? GROUP BY kafka_partition",
-                service,
-                topic,
-                since_ms,
-            )
-            firsts = {int(p): int(o) for p, o in found}
+            firsts = await first_offsets_since(tx, service, topic, since_ms)
         log_starts, log_ends = log_bounds
         moves = []
         for partition, offset in sorted(stored.items()):
@@ -121,26 +122,10 @@ async def plan_replay(
             # Only the events still in the log are read again: not those of another log past
             # its end (a stored offset beyond the end), nor those retention deleted.
             held_to = offset if end is None else min(offset, end)
-            reapplied = await _reapplied(tx, service, topic, partition, target, held_to)
+            recent = held_to if remembered_from is None else remembered_from.get(partition, held_to)
+            reapplied = max(0, min(held_to, recent) - max(target, start))
             moves.append(PartitionMove(partition, offset, target, reapplied, start, end))
     return ReplayPlan(service, topic, since_ms, tuple(moves))
-
-
-async def _reapplied(tx: Tx, service: str, topic: str, partition: int, start: int, end: int) -> int:
-    if start >= end:
-        return 0
-    row = await tx.fetchone(
-        "SELECT COUNT(*) FROM job_events e WHERE e.service = ? AND e.topic = ? "
-        "AND e.kafka_partition = ? AND e.kafka_offset >= ? AND e.kafka_offset < ? "
-        "AND NOT EXISTS (SELECT 1 FROM processed_events p "
-        "WHERE p.service = e.service AND p.event_id = e.event_id)",
-        service,
-        topic,
-        partition,
-        start,
-        end,
-    )
-    return int(row[0]) if row else 0
 
 
 async def apply_replay(store: Store, plan: ReplayPlan) -> list[PartitionMove]:

@@ -172,32 +172,37 @@ async def trickle(broker: LocalBroker, topic: str, bodies: list[bytes]) -> None:
 async def test_replay_refusals_are_one_line_with_a_non_zero_exit(
     broker: LocalBroker, tmp_path: Path
 ) -> None:
-    """Also: an event applied so long ago that its dedup key was pruned would be applied
-    again, so the replay is refused unless --allow-reapply says to go on."""
+    """Also: records older than the history retention may have been forgotten by the service
+    (their rows pruned) and would be applied again, so the replay is refused unless
+    --allow-reapply says to go on. Their age is the broker's timestamp."""
     url = f"sqlite:///{tmp_path}/wazza.db"
     topics = await make_topics(broker.bootstrap_servers, partitions=1)
-    await publish(
-        broker.bootstrap_servers, topics.raw, [completed("job_old", "2025-10-22T10:00:00Z")]
-    )
+    now_ms = int(time.time() * 1000)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+    await producer.start()
+    try:
+        for age_hours in (2, 0):  # one older than the hour of retention below, one not
+            await producer.send_and_wait(
+                topics.raw,
+                completed(f"job_{age_hours}h", "2025-10-22T10:00:00Z"),
+                key=f"job_{age_hours}h".encode(),
+                partition=0,
+                timestamp_ms=now_ms - age_hours * 3_600_000,
+            )
+    finally:
+        await producer.stop()
     settings = settings_on(broker, topics)
     opened = await open_store(url)
     try:
         async with opened.transaction() as tx:
             await tx.execute(
                 "INSERT INTO consumer_offsets (service, topic, kafka_partition, next_offset) "
-                "VALUES ('completion', ?, 0, 1)",
-                topics.raw,
-            )
-            await tx.execute(  # its history, but no dedup key any more
-                "INSERT INTO job_events (service, event_id, job_id, event_type, event_time_ms, "
-                "applied_ms, outcome, topic, kafka_partition, kafka_offset) "
-                "VALUES ('completion', 'e-old', 'job_old', 'job.completed', 0, 0, 'applied', "
-                "?, 0, 0)",
+                "VALUES ('completion', ?, 0, 2)",
                 topics.raw,
             )
     finally:
         await opened.close()
-    env = env_for(settings, url)
+    env = {**env_for(settings, url), "WAZZA_HISTORY_RETENTION_SECONDS": "3600"}
 
     nowhere = f"127.0.0.1:{free_port()}"
     unknown, malformed, future, unreachable, missing, pruned = await asyncio.gather(
@@ -218,18 +223,18 @@ async def test_replay_refusals_are_one_line_with_a_non_zero_exit(
     assert f"cannot reach the broker at {nowhere}" in one_line_refusal(unreachable)
     assert "does not exist" in one_line_refusal(missing)
     assert not (tmp_path / "missing.db").exists()
-    assert "1 events in that range were applied before the dedup retention window" in (
+    assert "1 records in that range are older than the history retention" in (
         one_line_refusal(pruned)
     )
-    assert await rows_of(url, topics) == [(1,)]  # nothing moved by any of them
+    assert await rows_of(url, topics) == [(2,)]  # nothing moved by any of them
 
     allowed = await hooks(
         "replay", "--service", "completion", "--from-beginning", "--allow-reapply", "--json",
         env=env,
     )  # fmt: skip
     assert allowed.code == 0, allowed
-    assert allowed.json()["partitions"] == [{"partition": 0, "from": 1, "to": 0}]
-    assert allowed.json()["reapplied"] == 1
+    assert allowed.json()["partitions"] == [{"partition": 0, "from": 2, "to": 0}]
+    assert allowed.json()["reapplied"] == 1  # the 2-hour-old record, not the new one
     assert await rows_of(url, topics) == [(0,)]
 
 
