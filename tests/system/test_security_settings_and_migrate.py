@@ -146,7 +146,8 @@ async def test_a_consumer_told_not_to_migrate_refuses_pending_migrations(tmp_pat
 
     result = await hooks_consumer(url)
     assert result[0] == 1, result
-    assert "migrations 3, 4 are pending" in result[1]
+    pending = ", ".join(str(n) for n in range(3, KNOWN + 1))
+    assert f"migrations {pending} are pending" in result[1]
     assert "WAZZA_MIGRATE_ON_START" in result[1]
 
     assert (await hooks("migrate", env=subprocess_env(DATABASE_URL=url))).code == 0
