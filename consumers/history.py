@@ -201,6 +201,14 @@ async def job_history(tx: Tx, job_id: str) -> list[HistoryEvent]:
     return await jobs_history(tx, [job_id])
 
 
+async def last_kept_ms(tx: Tx, service: str) -> int | None:
+    """When `service` last took an event (None: never, or every row pruned): its newest row's
+    `kept_ms`, read from the index's end. A redrive renews another service's older rows, so
+    this may be later than the event it last took, never earlier."""
+    row = await tx.fetchone("SELECT MAX(kept_ms) FROM event_history WHERE service = ?", service)
+    return None if row is None or row[0] is None else int(row[0])
+
+
 async def first_offsets_since(tx: Tx, service: str, topic: str, since_ms: int) -> dict[int, int]:
     """Per partition of `topic`, the first offset whose event `service` took at or after
     `since_ms`, among the events its history still holds (a replay's starting points)."""

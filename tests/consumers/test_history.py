@@ -91,6 +91,8 @@ async def test_a_jobs_history_and_a_replays_first_offsets_come_from_the_history(
         both = await history.jobs_history(tx, ["j2", "j1"])
         firsts = await history.first_offsets_since(tx, "progress", "t.raw", start)
         later = await history.first_offsets_since(tx, "progress", "t.raw", start + 3_600_000)
+        last = await history.last_kept_ms(tx, "progress")
+        untaken = await history.last_kept_ms(tx, "completion")
     assert [(e.service, e.event_id, e.outcome) for e in events] == [
         ("progress", envelope_of(bodies[1]).event_id, "stale"),
         ("progress", envelope_of(bodies[0]).event_id, "applied"),
@@ -102,6 +104,9 @@ async def test_a_jobs_history_and_a_replays_first_offsets_come_from_the_history(
     ]
     assert firsts == {0: 0}
     assert later == {}
+    assert last is not None
+    assert last >= start
+    assert untaken is None
 
 
 async def test_a_terminal_event_that_loses_to_a_later_one_says_conflict(store: Store) -> None:
