@@ -1,10 +1,13 @@
 """`wazza-hooks dev`: the local stack in one terminal (what `make run` starts).
 
 The local broker, its topics, the ingester and the three consumer services (on SQLite by
-default), with prefixed, coloured output; Ctrl-C stops them all. The development secret is
-generated once and kept in `./var/dev-secret`. A running stack holds `VAR/dev.lock` (an
-advisory lock the system drops with the process, however it ends), so that a second stack or a
-`--reset` on the same folder is refused rather than pulling the state from under it.
+default); Ctrl-C stops them all. The terminal shows the deliveries as `wazza-hooks tail` does
+(each webhook, then what each service made of it) and the services' warnings and errors; their
+whole JSON logs go to `VAR/logs/` (`--logs json`: prefixed, coloured in the terminal instead).
+The development secret is generated once and kept in `./var/dev-secret`. A running stack holds
+`VAR/dev.lock` (an advisory lock the system drops with the process, however it ends), so that
+a second stack or a `--reset` on the same folder is refused rather than pulling the state from
+under it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import urllib.request
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
+
+import orjson
 
 from wazza_hooks import contract
 from wazza_hooks.kafka_client import PLAINTEXT
@@ -67,6 +72,9 @@ _KEPT_BY_RESET = ("dev-secret", _LOCK_FILE)
 # What a consumer says once it joined its group and sought its partitions (consumers/runtime.py):
 # from then on it takes what the ingester publishes.
 _JOINED = "joined group"
+# The log levels a service's line is shown at in the terminal with `--logs view` (all of them
+# go to its file): what a person must see at once.
+_SHOWN_LEVELS = frozenset({"warning", "error", "critical"})
 # The banner waits for every part to be ready; past this it says which it is still waiting for
 # (a broker starting on a loaded machine, a store that is locked), then keeps waiting.
 _SLOW_START_SECONDS = 20.0
@@ -120,6 +128,13 @@ def add_dev_parser(sub: Any) -> None:
         "--yes", action="store_true", help="with --reset: clear without asking (scripts, CI)"
     )
     dev.add_argument(
+        "--logs",
+        choices=("view", "json"),
+        default="view",
+        help="view (default): the deliveries live (as `wazza-hooks tail`) and the services' "
+        "warnings, their JSON logs in VAR/logs/; json: every service's JSON log lines, prefixed",
+    )
+    dev.add_argument(
         "--metrics-port",
         type=int,
         default=9101,
@@ -140,15 +155,32 @@ def dev_secret(var: Path) -> str:
     return value
 
 
-def _pipe(name: str, stream: IO[bytes], joined: threading.Event) -> None:
+def _pipe(name: str, stream: IO[bytes], joined: threading.Event, log: IO[str] | None) -> None:
+    """A service's output: every line to its log file (`--logs view`), to the terminal where
+    there is none, or where the line is no JSON log line (a traceback) or one of _SHOWN_LEVELS."""
     colour = _COLOURS.get(name, "") if sys.stdout.isatty() else ""
     reset = _RESET if colour else ""
     for raw in iter(stream.readline, b""):
         line = raw.decode(errors="replace").rstrip("\n")
         if _JOINED in line:
             joined.set()
+        if log is not None:
+            log.write(line + "\n")
+            log.flush()
+            if _level(line) not in _SHOWN_LEVELS:
+                continue
         sys.stdout.write(f"{colour}[{name:>7}]{reset} {line}\n")
         sys.stdout.flush()
+
+
+def _level(line: str) -> str | None:
+    """The level of a JSON log line (wazza_hooks/logs.py); None for anything else."""
+    try:
+        document = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    level = document.get("level") if isinstance(document, dict) else None
+    return level if isinstance(level, str) else None
 
 
 def _store_of(args: argparse.Namespace) -> str:
@@ -310,6 +342,8 @@ def _run_locked(args: argparse.Namespace) -> int:
         print(f"wazza-hooks dev: Tansu, not Apache Kafka: {fallback}. {TANSU_LACKS}.", flush=True)
     broker.start()
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    logs: dict[str, IO[str]] = {}  # closed in the finally, once the services have stopped
+    pipes: list[threading.Thread] = []
     try:
         asyncio.run(
             ensure_topics(
@@ -340,6 +374,10 @@ def _run_locked(args: argparse.Namespace) -> int:
             },
         }  # fmt: skip
         joined = {name: threading.Event() for name in _SERVICES}
+        if args.logs == "view":
+            (args.var / "logs").mkdir(parents=True, exist_ok=True)
+            for name in commands:
+                logs[name] = (args.var / "logs" / f"{name}.log").open("a")
         for name, command in commands.items():
             procs[name] = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
                 command,
@@ -351,7 +389,10 @@ def _run_locked(args: argparse.Namespace) -> int:
             stream = procs[name].stdout
             assert stream is not None  # noqa: S101
             said = joined.get(name, threading.Event())
-            threading.Thread(target=_pipe, args=(name, stream, said), daemon=True).start()
+            log = logs.get(name)
+            pipe = threading.Thread(target=_pipe, args=(name, stream, said, log), daemon=True)
+            pipe.start()
+            pipes.append(pipe)
         started = time.monotonic()
         waiting_said = False
         announced = False
@@ -369,6 +410,14 @@ def _run_locked(args: argparse.Namespace) -> int:
                 if not pending:
                     _banner(args, store, broker.bootstrap_servers, broker.memory_only)
                     announced = True
+                    if args.logs == "view":
+                        # The deliveries from now on, below the banner, as `wazza-hooks tail`.
+                        tail = [sys.executable, "-m", "wazza_tools.cli", "tail",
+                                "--bootstrap-servers", broker.bootstrap_servers,
+                                "--database-url", store]  # fmt: skip
+                        procs["tail"] = subprocess.Popen(  # noqa: S603 - our own module
+                            tail, env=env, start_new_session=True
+                        )
                 elif not waiting_said and time.monotonic() - started > _SLOW_START_SECONDS:
                     print(
                         f"wazza-hooks dev: waiting for {', '.join(pending)} to be ready", flush=True
@@ -377,7 +426,11 @@ def _run_locked(args: argparse.Namespace) -> int:
             stopping.wait(_READY_POLL_SECONDS)
         return 0
     finally:
-        # The ingester first: nothing new is acknowledged while the consumers catch up.
+        # The view first, then the ingester: nothing new is acknowledged while the consumers
+        # catch up.
+        viewer = procs.pop("tail", None)
+        if viewer is not None:
+            viewer.send_signal(signal.SIGTERM)  # not waited for: it holds nothing to drain
         ingest = procs.pop("ingest", None)
         if ingest is not None:
             _stop_process(ingest)
@@ -392,8 +445,14 @@ def _run_locked(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if viewer is not None:
+            _stop_process(viewer)
         broker.stop()
         time.sleep(0.05)
+        for pipe in pipes:  # each ends at its process's end of output
+            pipe.join(timeout=_STOP_SECONDS)
+        for log in logs.values():
+            log.close()
         print("wazza-hooks dev: stopped", flush=True)
 
 
@@ -533,6 +592,9 @@ def _banner(args: argparse.Namespace, store_url: str, bootstrap: str, memory_onl
                 f"  broker           {bootstrap} ({broker_note})",
                 f"  metrics          http://127.0.0.1:{args.port}/metrics (ingester), {consumers}",
                 f"  store            {store_url}",
+                f"  logs             {args.var / 'logs'}/*.log (the services' JSON lines)"
+                if args.logs == "view"
+                else "  logs             below, each service's JSON lines",
                 "  send a signed test event, as Wazza would:",
                 f"    {hooks} send-test --event completed --job-id job_abc123{to}",
                 "  see the result:",
@@ -541,7 +603,12 @@ def _banner(args: argparse.Namespace, store_url: str, bootstrap: str, memory_onl
                 f"    {hooks} simulate --jobs 100 --duplicates 0.1 --reorder 0.1"
                 f"{to} --expect {args.var}/expect.json",
                 f"    {store}{hooks} verify --expect {args.var}/expect.json --wait 10",
-                "  Ctrl-C stops everything.",
+                "  Ctrl-C stops everything."
+                + (
+                    " The deliveries follow, as `wazza-hooks tail` shows them."
+                    if args.logs == "view"
+                    else ""
+                ),
                 "",
             ]
         ),

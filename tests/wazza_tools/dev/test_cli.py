@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import pty
+import re
 import signal
 import sqlite3
 import stat
@@ -276,6 +277,17 @@ async def test_dev_runs_a_stack_that_takes_a_signed_webhook_and_stops_whole_on_c
             START_SECONDS,
             "the banner's test event applied and shown by the banner's jobs command",
         )
+        # The terminal shows the delivery as `tail` does, then the service that applied it;
+        # the services' JSON log lines went to their files, not to the terminal.
+        await wait_until(
+            lambda: "job.completed: completion applied" in dev.stdout,
+            START_SECONDS,
+            "the delivery and its outcome in the dev terminal",
+        )
+        assert re.search(r"job\.completed +job_abc123 +accepted", dev.stdout), dev.output()
+        logged = (tmp_path / "var" / "logs" / "completion.log").read_text().splitlines()
+        assert any("joined group" in json.loads(line)["msg"] for line in logged), logged
+        assert '"level":"info"' not in dev.stdout, dev.output()
 
         stack = dev.descendants()
         assert len(stack) >= 2, f"expected the broker and the ingester, found {stack}"
@@ -432,7 +444,9 @@ async def test_dev_reset_clears_the_state_and_the_banner_waits_until_everything_
     )  # fmt: skip
     with running(dev_argv, env=subprocess_env(), cwd=tmp_path) as dev:
         await dev.wait_for_stdout("wazza-hooks is running locally", START_SECONDS * 3)
-        # Printed only once the ingester answers /readyz and every consumer joined its group.
+        banner_seen = time.time()
+        # Printed only once the ingester answers /readyz and every consumer joined its group
+        # (said in its log file, before the banner).
         async with (
             aiohttp.ClientSession() as session,
             session.get(
@@ -442,7 +456,11 @@ async def test_dev_reset_clears_the_state_and_the_banner_waits_until_everything_
             assert resp.status == 200
         before_banner = dev.stdout.split("wazza-hooks is running locally")[0]
         for service in ("completion", "failure", "progress"):
-            assert f"{service}: joined group" in before_banner, dev.output()
+            lines = (var / "logs" / f"{service}.log").read_text().splitlines()
+            logged = [json.loads(line) for line in lines]
+            joined = [e["ts"] for e in logged if f"{service}: joined group" in e["msg"]]
+            assert joined, logged
+            assert joined[0] <= banner_seen, (joined, banner_seen)
         assert before_banner.startswith(
             "wazza-hooks dev: cleared var: expect.json, kafka/, wazza.db deleted, dev-secret kept"
         ), dev.output()
