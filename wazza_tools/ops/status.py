@@ -35,6 +35,7 @@ from aiokafka.protocol.api import Request, RequestStruct, Response, ResponseHead
 from aiokafka.protocol.types import CompactArray, CompactString, Int16, Int32, Schema, TaggedFields
 from prometheus_client.parser import text_string_to_metric_families
 
+from consumers.history import last_kept_ms
 from consumers.log_identity import TopicIdRequest
 from consumers.settings import ConsumerSettings
 from consumers.store import StoreError, Tx, open_store
@@ -483,8 +484,8 @@ async def _probe_store(settings: ConsumerSettings) -> _Store:
 
 async def _read_store(tx: Tx, raw_topic: str, dlq_topic: str) -> _StoreFacts:
     """Every query `status` makes of the store, kept together so that a schema change has one
-    place to adapt: the stored offsets (consumer_offsets), each service's newest dedup key
-    (processed_events: indexed by service and time), the dead letters kept in the store and
+    place to adapt: the stored offsets (consumer_offsets), each service's newest history row
+    (consumers.history.last_kept_ms), the dead letters kept in the store and
     those already redriven, and PostgreSQL's size of the database."""
     offsets: dict[str, dict[int, int]] = {}
     for service, partition, next_offset in await tx.fetchall(
@@ -494,10 +495,7 @@ async def _read_store(tx: Tx, raw_topic: str, dlq_topic: str) -> _StoreFacts:
         offsets.setdefault(str(service), {})[int(partition)] = int(next_offset)
     last: dict[str, int | None] = {}
     for service in offsets:
-        row = await tx.fetchone(
-            "SELECT MAX(processed_ms) FROM processed_events WHERE service = ?", service
-        )
-        last[service] = None if row is None or row[0] is None else int(row[0])
+        last[service] = await last_kept_ms(tx, service)
     kept = await tx.fetchone("SELECT COUNT(*) FROM dead_letters WHERE topic = ?", raw_topic)
     redriven = await tx.fetchall(
         "SELECT DISTINCT dlq_partition, dlq_offset FROM dlq_redrives "

@@ -27,7 +27,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from consumers.store import IN_LIST_CHUNK, Store, Tx, store_problem
+from consumers.history import jobs_history
+from consumers.store import Store, Tx, store_problem
 from wazza_hooks.config import decimal_number
 from wazza_tools.ops.connect import (
     OpsError,
@@ -64,7 +65,6 @@ STORE_QUERY_SECONDS = 5.0
 # with what is known: memory and each poll's size stay bounded.
 MAX_FOLLOWING = 5_000
 
-_HISTORY = "service, event_id, outcome, applied_ms, topic, kafka_partition, kafka_offset"
 
 DUPLICATE = "duplicate"
 SKIPPED = "skipped"
@@ -301,19 +301,15 @@ class _View:
         )
         offsets = {(str(s), int(p)): int(o) for s, p, o in found}
         jobs = sorted({f.delivery.job_id for f in self._following.values() if f.delivery.job_id})
-        rows: dict[tuple[str, str], tuple[str, int, str]] = {}
-        for start in range(0, len(jobs), IN_LIST_CHUNK):
-            member, values = tx.in_list(jobs[start : start + IN_LIST_CHUNK])
-            history = await tx.fetchall(
-                f"SELECT {_HISTORY} FROM job_events WHERE job_id {member}",  # noqa: S608 - marks
-                *values,
+        history = await jobs_history(tx, jobs)
+        rows = {
+            (e.service, e.event_id): (
+                e.outcome,
+                e.applied_ms,
+                f"{e.topic}:{e.partition}:{e.offset}",
             )
-            for service, event_id, outcome, applied, topic, partition, offset in history:
-                rows[(str(service), str(event_id))] = (
-                    str(outcome),
-                    int(applied),
-                    f"{topic}:{partition}:{offset}",
-                )
+            for e in history
+        }
         return offsets, rows
 
     def _settle(
