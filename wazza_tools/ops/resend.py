@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from http import HTTPStatus
 from typing import Any
 
 import aiohttp
@@ -104,14 +103,4 @@ async def _resend(args: argparse.Namespace, source: Source) -> int:
         answer = await sender.post(session, url, secret.value.encode(), d.body, timeout)
     if answer.status is None:
         raise OpsError(f"no answer from {url}: {answer.problem}")
-    try:
-        phrase = HTTPStatus(answer.status).phrase
-    except ValueError:
-        phrase = ""
-    print(f"HTTP {answer.status} {phrase}".rstrip())
-    print(answer.body.decode(errors="replace"))
-    if answer.ok:
-        return 0
-    hint = sender.refusal_hint(answer)
-    print(f"wazza-hooks: {hint or 'not accepted (non-2xx)'}", file=sys.stderr)
-    return 1
+    return sender.print_answer(answer, "wazza-hooks")

@@ -92,19 +92,7 @@ async def _send_test(args: argparse.Namespace) -> int:
         answer = await sender.post(session, url, secret.value.encode(), body, timeout)
     if answer.status is None:
         raise sender.SenderError(f"no answer from {url}: {answer.problem}")
-    from http import HTTPStatus
-
-    try:
-        phrase = HTTPStatus(answer.status).phrase
-    except ValueError:
-        phrase = ""
-    print(f"HTTP {answer.status} {phrase}".rstrip())
-    print(answer.body.decode(errors="replace"))
-    if answer.ok:
-        return 0
-    hint = sender.refusal_hint(answer)
-    print(f"wazza-hooks send-test: {hint or 'not accepted (non-2xx)'}", file=sys.stderr)
-    return 1
+    return sender.print_answer(answer, "wazza-hooks send-test")
 
 
 def _user_payload(args: argparse.Namespace) -> tuple[bytes, str]:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -281,6 +283,23 @@ def _connect_problem(exc: aiohttp.ClientConnectorError) -> str:
     if isinstance(inner, ConnectionRefusedError):
         return "connection refused"
     return str(inner.strerror or inner) if inner is not None else str(exc)
+
+
+def print_answer(answer: Answer, prefix: str) -> int:
+    """Print an answer as `send-test` and `resend` do: `HTTP STATUS PHRASE`, then its body on
+    stdout; for a non-2xx, a hint on stderr after `prefix` (the command's own, as its other
+    messages). The exit code: 0 for a 2xx, else 1."""
+    try:
+        phrase = HTTPStatus(answer.status or 0).phrase
+    except ValueError:
+        phrase = ""
+    print(f"HTTP {answer.status} {phrase}".rstrip())
+    print(answer.body.decode(errors="replace"))
+    if answer.ok:
+        return 0
+    hint = refusal_hint(answer)
+    print(f"{prefix}: {hint or 'not accepted (non-2xx)'}", file=sys.stderr)
+    return 1
 
 
 def refusal_hint(answer: Answer) -> str | None:
