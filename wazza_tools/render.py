@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from consumers.state import JobState
+from wazza_hooks import contract
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -75,3 +76,16 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def print_json(document: Any) -> None:
     """One JSON document on a line of standard output."""
     sys.stdout.write(orjson.dumps(document).decode() + "\n")
+
+
+def dead_letter_fields(letter: contract.DeadLetter | None) -> dict[str, Any]:
+    """Who gave an event up, why and from where, as the `dlq list` and `events` JSON give it
+    (each value null when the dead-letter headers are unusable)."""
+    return {
+        "group": None if letter is None else letter.group,
+        "errorClass": None if letter is None else letter.error_class,
+        "errorMessage": None if letter is None else letter.error_message,
+        "original": None
+        if letter is None
+        else {"topic": letter.topic, "partition": letter.partition, "offset": letter.offset},
+    }

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from consumers.settings import ConsumerSettings
 from consumers.store import store_problem
 from wazza_hooks.config import ConfigError
-from wazza_tools.render import iso_time, print_json, printable
+from wazza_tools.render import dead_letter_fields, iso_time, print_json, printable
 
 if TYPE_CHECKING:
     from consumers.batch import KeptDeadLetter
@@ -342,12 +342,7 @@ def _letter_json(record: DeadLetterRecord) -> dict[str, Any]:
         "offset": record.offset,
         "deadLetteredAt": iso_time(record.timestamp_ms),
         "service": record.service,
-        "group": None if letter is None else letter.group,
-        "errorClass": None if letter is None else letter.error_class,
-        "errorMessage": None if letter is None else letter.error_message,
-        "original": None
-        if letter is None
-        else {"topic": letter.topic, "partition": letter.partition, "offset": letter.offset},
+        **dead_letter_fields(letter),
         "eventType": None if envelope is None else envelope.event_type,
         "eventId": None if envelope is None else envelope.event_id,
         "jobId": record.job_id,

@@ -31,7 +31,7 @@ from consumers.store import store_problem
 from wazza_hooks import contract
 from wazza_hooks.config import ConfigError
 from wazza_tools.ops.connect import BROKER_TIMEOUT_SECONDS, OpsError, UsageError
-from wazza_tools.render import iso_time, printable
+from wazza_tools.render import dead_letter_fields, iso_time, printable
 
 RAW = "raw"
 QUARANTINE = "quarantine"
@@ -292,12 +292,7 @@ def delivery_json(d: Delivery) -> dict[str, Any]:
         if d.kind != DEAD_LETTER
         else {
             "service": d.service,
-            "group": None if letter is None else letter.group,
-            "errorClass": None if letter is None else letter.error_class,
-            "errorMessage": None if letter is None else letter.error_message,
-            "original": None
-            if letter is None
-            else {"topic": letter.topic, "partition": letter.partition, "offset": letter.offset},
+            **dead_letter_fields(letter),
         },
     }
 
