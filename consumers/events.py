@@ -77,29 +77,30 @@ def parse_event(body: bytes, envelope: contract.RawEnvelope) -> JobEvent:
     job_id = doc.get("jobId")
     if not isinstance(job_id, str) or not job_id or len(job_id) > contract.MAX_JOB_ID_CHARS:
         raise EventError("body has no usable jobId")
-    unusable = contract.inapplicable(doc, envelope.event_type)
+    event_type = envelope.event_type
+    unusable, event_time = contract.check_body(doc, event_type, body)
     if unusable is not None:
         raise EventError(f"body not applicable: {unusable}")
-    event_time = parse_time_ms(doc.get("timestamp"))
     if event_time is None:
         event_time = envelope.received_at_ms
     # Read for progress events only: a completion's stray `progress` is not its business.
-    progress = (
-        _mapping(doc.get("progress")) or {}
-        if envelope.event_type == contract.JOB_PROCESSING
-        else {}
-    )
-    percent = _number(progress.get("percent"))
-    stage = progress.get("stage")
+    progress = _mapping(doc.get("progress")) if event_type == contract.JOB_PROCESSING else None
+    if progress is None:
+        percent = eta_seconds = stage = None
+    else:
+        percent = _number(progress.get("percent"))
+        eta_seconds = _number(progress.get("estimatedTimeRemaining"))
+        stage = progress.get("stage")
+    # Positional, in field order: one event is built for every record a service applies.
     return JobEvent(
-        event_type=envelope.event_type,
-        job_id=job_id,
-        event_id=envelope.event_id,
-        event_time_ms=event_time,
-        percent=percent,
-        stage=stage if isinstance(stage, str) else None,
-        eta_seconds=_number(progress.get("estimatedTimeRemaining")),
-        output=_mapping(doc.get("output")),
-        error=_mapping(doc.get("error")),
-        metadata=_mapping(doc.get("metadata")),
+        event_type,
+        job_id,
+        envelope.event_id,
+        event_time,
+        percent,
+        stage if isinstance(stage, str) else None,
+        eta_seconds,
+        _mapping(doc.get("output")),
+        _mapping(doc.get("error")),
+        _mapping(doc.get("metadata")),
     )

@@ -87,20 +87,21 @@ def parse_time_ms(text: object) -> int | None:
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
-    """True when `value` nests containers more than `limit` levels deep (iteratively: a body
-    nested thousands deep must not exhaust the stack)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            children: Iterable[Any] = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if level > limit:
+    """True when `value` nests containers more than `limit` levels deep. Recursive, but never
+    more than `limit` calls deep: a body nested thousands deep cannot exhaust the stack."""
+    if isinstance(value, dict):
+        children: Iterable[Any] = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return False
+    if limit < 1:
+        return True
+    for child in children:
+        # Scalars, the most children by far, are told apart here rather than in a call of their
+        # own; a tuple, not `dict | list`: isinstance reads a tuple faster (Python 3.11).
+        if isinstance(child, (dict, list)) and _deeper_than(child, limit - 1):
             return True
-        stack.extend((child, level + 1) for child in children)
     return False
 
 
@@ -111,26 +112,40 @@ def _outside(value: object, low: float, high: float) -> bool:
     return not low <= value <= high
 
 
-def inapplicable(doc: Mapping[str, Any], event_type: str) -> str | None:
+def inapplicable(doc: Mapping[str, Any], event_type: str, body: bytes | None = None) -> str | None:
     """Why the consumer services could not apply this event body, as a reason code, or None.
 
-    Checks follow the event type: a completion's stray `progress` is not looked at."""
-    if _deeper_than(doc, MAX_DEPTH):
-        return "too_deep"
-    moment = doc.get("timestamp")
-    if isinstance(moment, str):
-        ms = parse_time_ms(moment)
-        if ms is not None and not MIN_TIME_MS <= ms <= MAX_TIME_MS:
-            return "invalid_timestamp"
+    `body`, the bytes `doc` was parsed from, makes the depth check cheap (`check_body`)."""
+    return check_body(doc, event_type, body)[0]
+
+
+def check_body(
+    doc: Mapping[str, Any], event_type: str, body: bytes | None = None
+) -> tuple[str | None, int | None]:
+    """(`inapplicable`'s reason or None, the body's `timestamp` in ms or None when it has none
+    that reads as a time): the consumers need both, and the time is parsed once.
+
+    Checks follow the event type: a completion's stray `progress` is not looked at. `body`, when
+    given, must be the bytes `doc` was parsed from."""
+    # Every JSON container opens with a `{` or `[` byte of its own (inside strings they only add
+    # to the count), so a body with no more of them than MAX_DEPTH cannot nest deeper: the
+    # senders' bodies (2 or 3) are never walked.
+    if (body is None or body.count(b"{") + body.count(b"[") > MAX_DEPTH) and _deeper_than(
+        doc, MAX_DEPTH
+    ):
+        return "too_deep", None
+    ms = parse_time_ms(doc.get("timestamp"))
+    if ms is not None and not MIN_TIME_MS <= ms <= MAX_TIME_MS:
+        return "invalid_timestamp", ms
     if event_type == JOB_PROCESSING:
         progress = doc.get("progress")
         if isinstance(progress, dict):
             if _outside(progress.get("percent"), 0, 100):
-                return "invalid_progress"
+                return "invalid_progress", ms
             # Seconds remaining: a negative one, or one past 30,000 years, is no estimate.
             if _outside(progress.get("estimatedTimeRemaining"), 0, 10**12):
-                return "invalid_progress"
-    return None
+                return "invalid_progress", ms
+    return None, ms
 
 
 class ContractError(ValueError):
@@ -181,21 +196,23 @@ class RawEnvelope:
             event_type = h[H_EVENT_TYPE].decode()
             event_id = h[H_EVENT_ID].decode()
             received = int(h[H_RECEIVED_AT_MS])
-            raw_ts = h.get(H_SIGNATURE_TIMESTAMP, b"")
+            raw_ts = h.get(H_SIGNATURE_TIMESTAMP)
             signed = int(raw_ts) if raw_ts else None
-            for name, number in ((H_RECEIVED_AT_MS, received), (H_SIGNATURE_TIMESTAMP, signed)):
-                if number is not None and not 0 <= number < TIMESTAMP_HEADER_MAX:
-                    raise ValueError(f"{name} {number} is out of range")
+            if not 0 <= received < TIMESTAMP_HEADER_MAX:
+                raise ValueError(f"{H_RECEIVED_AT_MS} {received} is out of range")
+            if signed is not None and not 0 <= signed < TIMESTAMP_HEADER_MAX:
+                raise ValueError(f"{H_SIGNATURE_TIMESTAMP} {signed} is out of range")
             if not event_id or len(event_id) > 256:
                 raise ValueError(f"{H_EVENT_ID} must have 1 to 256 characters")
+            # Positional, in field order: the envelope is built for every record a service reads.
             return cls(
-                event_type=event_type,
-                event_id=event_id,
-                received_at_ms=received,
-                signature_timestamp=signed,
-                content_type=h.get(H_CONTENT_TYPE, b"").decode(),
-                ingester=h.get(H_INGESTER, b"").decode(),
-                scheme=h.get(H_SIGNATURE_SCHEME, b"").decode(),
+                event_type,
+                event_id,
+                received,
+                signed,
+                h.get(H_CONTENT_TYPE, b"").decode(),
+                h.get(H_INGESTER, b"").decode(),
+                h.get(H_SIGNATURE_SCHEME, b"").decode(),
             )
         except (KeyError, ValueError, AttributeError, TypeError) as exc:  # a null header: None
             raise ContractError(f"raw record headers do not follow the contract: {exc!r}") from exc
@@ -226,7 +243,7 @@ def raw_headers(
 
 def headers_dict(headers: Iterable[tuple[str, bytes]]) -> dict[str, bytes]:
     """Kafka headers as a dict; the last value wins for a repeated name."""
-    return {k: v for k, v in headers}
+    return dict(headers)
 
 
 def quarantine_headers(envelope: RawEnvelope, reason: str) -> KafkaHeaders:

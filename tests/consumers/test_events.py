@@ -82,3 +82,40 @@ def test_an_unusable_body_is_an_event_error_that_is_not_retried(body: bytes) -> 
     with pytest.raises(EventError) as caught:
         parse_event(body, envelope(contract.JOB_PROCESSING))
     assert caught.value.retriable is False
+
+
+def test_an_event_time_that_is_no_time_takes_the_receive_time() -> None:
+    body = b'{"event": "job.completed", "jobId": "j1", "timestamp": "soon"}'
+    assert parse_event(body, envelope(contract.JOB_COMPLETED, 4242)).event_time_ms == 4242
+
+
+def test_an_event_time_out_of_range_is_an_event_error() -> None:
+    body = b'{"event": "job.completed", "jobId": "j1", "timestamp": "1969-12-31T23:59:59Z"}'
+    with pytest.raises(EventError, match="invalid_timestamp"):
+        parse_event(body, envelope(contract.JOB_COMPLETED))
+
+
+def test_progress_is_read_for_progress_events_only() -> None:
+    body = (
+        b'{"jobId": "j1", "progress": {"percent": 40, "stage": "x", "estimatedTimeRemaining": 9}}'
+    )
+    completion = parse_event(body, envelope(contract.JOB_COMPLETED))
+    assert (completion.percent, completion.stage, completion.eta_seconds) == (None, None, None)
+    step = parse_event(body, envelope(contract.JOB_PROCESSING))
+    assert (step.percent, step.stage, step.eta_seconds) == (40.0, "x", 9.0)
+
+
+@pytest.mark.parametrize(
+    "progress",
+    [b"null", b"{}", b"[40]", b'{"percent": true, "stage": 3, "estimatedTimeRemaining": "9"}'],
+)
+def test_a_progress_event_with_unusable_progress_fields_reads_them_as_none(progress: bytes) -> None:
+    body = b'{"jobId": "j1", "progress": ' + progress + b"}"
+    step = parse_event(body, envelope(contract.JOB_PROCESSING))
+    assert (step.percent, step.stage, step.eta_seconds) == (None, None, None)
+
+
+def test_a_body_nested_too_deep_is_an_event_error() -> None:
+    body = b'{"jobId": "j1", "metadata": ' + b"[" * 40 + b"]" * 40 + b"}"
+    with pytest.raises(EventError, match="too_deep"):
+        parse_event(body, envelope(contract.JOB_COMPLETED))

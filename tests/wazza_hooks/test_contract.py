@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import replace
 
+import orjson
 import pytest
 
 from tests.support.signing import completed_body, failed_body
@@ -136,6 +137,111 @@ def test_the_last_of_two_repeated_headers_wins() -> None:
     headers = [*ENVELOPE.to_headers(), (contract.H_EVENT_TYPE, b"job.failed")]
 
     assert RawEnvelope.from_headers(headers).event_type == "job.failed"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        pytest.param(contract.H_RECEIVED_AT_MS, b"-1", id="received-negative"),
+        pytest.param(
+            contract.H_RECEIVED_AT_MS, str(2**53).encode(), id="received-past-exact-integers"
+        ),
+        pytest.param(contract.H_SIGNATURE_TIMESTAMP, b"-1", id="timestamp-negative"),
+        pytest.param(contract.H_EVENT_ID, b"", id="event-id-empty"),
+        pytest.param(contract.H_EVENT_ID, b"e" * 257, id="event-id-too-long"),
+    ],
+)
+def test_an_envelope_header_out_of_range_is_a_contract_error_naming_it(
+    name: str, value: bytes
+) -> None:
+    with pytest.raises(ContractError, match=name):
+        RawEnvelope.from_headers(replaced(ENVELOPE.to_headers(), name, value))
+
+
+def test_optional_envelope_headers_may_be_missing() -> None:
+    headers = [
+        (k, v)
+        for k, v in ENVELOPE.to_headers()
+        if k in (contract.H_EVENT_TYPE, contract.H_EVENT_ID, contract.H_RECEIVED_AT_MS)
+    ]
+
+    envelope = RawEnvelope.from_headers(headers)
+
+    assert envelope == replace(
+        ENVELOPE, signature_timestamp=None, content_type="", ingester="", scheme=""
+    )
+
+
+# --- applicable bodies ----------------------------------------------------------------------
+
+
+def nested_in(levels: int, inner: object = "x") -> dict[str, object]:
+    """A body whose containers nest `levels` deep (the body itself is level 1)."""
+    value = inner
+    for _ in range(levels - 1):
+        value = {"n": value}
+    return {"event": "job.completed", "jobId": "j", "output": value}
+
+
+@pytest.mark.parametrize("with_body", [True, False], ids=["with-body", "without-body"])
+def test_a_body_at_the_depth_limit_is_applicable_and_one_level_more_is_too_deep(
+    with_body: bool,
+) -> None:
+    at_limit, past = nested_in(contract.MAX_DEPTH), nested_in(contract.MAX_DEPTH + 1)
+
+    def reason(doc: dict[str, object]) -> str | None:
+        body = orjson.dumps(doc) if with_body else None
+        return contract.inapplicable(doc, contract.JOB_COMPLETED, body)
+
+    assert reason(at_limit) is None
+    assert reason(past) == "too_deep"
+
+
+def test_a_document_nested_thousands_deep_is_too_deep_without_exhausting_the_stack() -> None:
+    assert contract.inapplicable(nested_in(5000), contract.JOB_COMPLETED) == "too_deep"
+
+
+def test_brackets_inside_strings_neither_hide_nor_fake_depth() -> None:
+    shallow = {"event": "job.failed", "jobId": "j", "error": {"message": "[{" * 100}}
+    deep = nested_in(contract.MAX_DEPTH + 1, inner='"}]' * 100)
+
+    for doc, expected in ((shallow, None), (deep, "too_deep")):
+        assert contract.inapplicable(doc, contract.JOB_FAILED, orjson.dumps(doc)) == expected
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        pytest.param({"timestamp": "2025-10-22T10:30:00Z"}, (None, 1_761_129_000_000), id="time"),
+        pytest.param({}, (None, None), id="no-time"),
+        pytest.param({"timestamp": "soon"}, (None, None), id="not-a-time"),
+        pytest.param({"timestamp": 1_761_129_000}, (None, None), id="a-number-is-no-time"),
+        pytest.param(
+            {"timestamp": "1969-12-31T23:59:59Z"}, ("invalid_timestamp", -1000), id="before-1970"
+        ),
+        pytest.param(
+            {"timestamp": "2025-10-22T10:30:00Z", "progress": {"percent": 101}},
+            ("invalid_progress", 1_761_129_000_000),
+            id="progress",
+        ),
+        pytest.param(
+            {"progress": {"estimatedTimeRemaining": -1}}, ("invalid_progress", None), id="eta"
+        ),
+    ],
+)
+def test_check_body_gives_the_reason_and_the_event_time_parsed_once(
+    doc: dict[str, object], expected: tuple[str | None, int | None]
+) -> None:
+    body = orjson.dumps(doc)
+
+    assert contract.check_body(doc, contract.JOB_PROCESSING, body) == expected
+    assert contract.inapplicable(doc, contract.JOB_PROCESSING) == expected[0]
+
+
+def test_a_completions_stray_progress_is_not_checked() -> None:
+    doc = {"progress": {"percent": 400}}
+
+    assert contract.inapplicable(doc, contract.JOB_COMPLETED) is None
 
 
 # --- event ids ------------------------------------------------------------------------------
