@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -90,6 +90,30 @@ _OFFSET_COLUMNS: list[Column] = [
     ("topic_id", "text"),
 ]
 
+
+_ADVANCE = (
+    "ON CONFLICT (service, topic, kafka_partition) "
+    "DO UPDATE SET next_offset = excluded.next_offset, "
+    "topic_id = COALESCE(excluded.topic_id, consumer_offsets.topic_id)"
+)
+"""A partition's next offset stored over the one there; a topic id kept when none is known."""
+# The guard of apply_batch in SQL: a partition passes when it has no stored offset, or its
+# stored offset is the batch's first, or lies before it with the gap accepted.
+_GUARD_AND_ADVANCE = (
+    "WITH stored AS (SELECT kafka_partition, next_offset FROM consumer_offsets "  # noqa: S608
+    "WHERE service = ? AND topic = ? AND kafka_partition = ANY(?::integer[]) "
+    "ORDER BY kafka_partition FOR UPDATE), "
+    "advanced AS (INSERT INTO consumer_offsets "
+    "(service, topic, kafka_partition, next_offset, topic_id) "
+    "SELECT ?, ?, v.p, v.next, ?::text "
+    "FROM unnest(?::integer[], ?::bigint[], ?::bigint[], ?::boolean[]) "
+    "AS v(p, first, next, gap) "
+    "LEFT JOIN stored s ON s.kafka_partition = v.p "
+    "WHERE s.next_offset IS NULL OR s.next_offset = v.first "
+    "OR (s.next_offset < v.first AND v.gap) "
+    f"ORDER BY v.p {_ADVANCE}) "
+    "SELECT kafka_partition, next_offset FROM stored"
+)
 
 _KEPT_COLUMNS: list[Column] = [
     ("service", "text"),
@@ -173,17 +197,21 @@ async def apply_batch(
     # (SQLite) or the jobs' rows (PostgreSQL), and the other services wait for it meanwhile.
     reads = {p: [_read(service, r) for r in rs] for p, rs in partitions.items()}
     async with store.transaction() as tx:
-        # One statement, rows locked in partition order: two owners of overlapping partitions
-        # (a zombie) lock alike.
-        member, args = tx.in_list(sorted(partitions))
-        rows = await tx.fetchall(
-            "SELECT kafka_partition, next_offset FROM consumer_offsets "  # noqa: S608 - constants
-            f"WHERE service = ? AND topic = ? AND kafka_partition {member} "
-            f"ORDER BY kafka_partition{tx.for_update()}",
-            service.name,
-            topic,
-            *args,
-        )
+        advancing = tx.dialect == "postgresql"
+        if advancing:
+            rows = await _guard_and_advance(tx, service.name, topic, spans, accept_gaps, topic_id)
+        else:
+            # One statement, rows locked in partition order: two owners of overlapping
+            # partitions (a zombie) lock alike.
+            member, args = tx.in_list(sorted(partitions))
+            rows = await tx.fetchall(
+                "SELECT kafka_partition, next_offset FROM consumer_offsets "  # noqa: S608
+                f"WHERE service = ? AND topic = ? AND kafka_partition {member} "
+                f"ORDER BY kafka_partition{tx.for_update()}",
+                service.name,
+                topic,
+                *args,
+            )
         for partition, next_offset in rows:
             stored = int(next_offset)
             first = spans[int(partition)][0]
@@ -194,17 +222,44 @@ async def apply_batch(
         if records and isolate:
             await _apply_isolated(tx, service, records, dead_letter, result)
         elif records:
-            await _apply_records(tx, service, records, dead_letter, result)
-        await tx.insert_rows(
-            "consumer_offsets",
-            _OFFSET_COLUMNS,
-            [(service.name, topic, p, spans[p][1], topic_id) for p in sorted(taken)],
-            "ON CONFLICT (service, topic, kafka_partition) "
-            "DO UPDATE SET next_offset = excluded.next_offset, "
-            "topic_id = COALESCE(excluded.topic_id, consumer_offsets.topic_id)",
-        )
+            await _apply_records(tx, service, records, dead_letter, result, isolated=False)
+        if not advancing:
+            await tx.insert_rows(
+                "consumer_offsets",
+                _OFFSET_COLUMNS,
+                [(service.name, topic, p, spans[p][1], topic_id) for p in sorted(taken)],
+                _ADVANCE,
+            )
         result.next_offsets.update({p: spans[p][1] for p in taken})
     return result
+
+
+async def _guard_and_advance(
+    tx: Tx,
+    service: str,
+    topic: str,
+    spans: dict[int, tuple[int, int]],
+    accept_gaps: frozenset[int],
+    topic_id: str | None,
+) -> list[Sequence[Any]]:
+    """Steps (a) and (d) in one statement (PostgreSQL, where each is a round trip): lock the
+    stored offsets in partition order, store next_offset for each partition the guard lets
+    through, and return the stored offsets as they were. Storing it before the records are
+    applied changes nothing: the transaction commits them together or not at all."""
+    order = sorted(spans)
+    return await tx.fetchall(
+        _GUARD_AND_ADVANCE,
+        service,
+        topic,
+        order,
+        service,
+        topic,
+        topic_id,
+        order,
+        [spans[p][0] for p in order],
+        [spans[p][1] for p in order],
+        [p in accept_gaps for p in order],
+    )
 
 
 async def _apply_isolated(
@@ -218,7 +273,7 @@ async def _apply_isolated(
         record = read.record
         await tx.execute("SAVEPOINT wazza_record")
         try:
-            await _apply_records(tx, service, [read], dead_letter, result)
+            await _apply_records(tx, service, [read], dead_letter, result, isolated=True)
         except StoreUnavailable:
             raise
         except Exception as exc:
@@ -310,9 +365,15 @@ def _read(service: Service, record: Record) -> _Read:
 
 
 async def _apply_records(
-    tx: Tx, service: Service, reads: list[_Read], dead_letter: DeadLetter, result: BatchResult
+    tx: Tx,
+    service: Service,
+    reads: list[_Read],
+    dead_letter: DeadLetter,
+    result: BatchResult,
+    isolated: bool,
 ) -> None:
-    """Steps (b) and (c) for a batch's records, with a handful of statements for all of them."""
+    """Steps (b) and (c) for a batch's records, with a handful of statements for all of them
+    (`isolated`: one record, in a savepoint of its own)."""
     now = int(time.time() * 1000)
     slots: list[tuple[str, str, int | None] | None] = [None] * len(reads)
     candidates: list[_Candidate] = []
@@ -369,7 +430,7 @@ async def _apply_records(
         else:
             events.append((candidate, event))
     outcomes = await _run_handlers(
-        tx, service, [(records[c[0]], e) for c, e in events], dead_letter
+        tx, service, [(records[c[0]], e) for c, e in events], dead_letter, isolated
     )
     changed: list[tuple[str, bytes, str]] = []
     for (candidate, event), outcome in zip(events, outcomes, strict=True):
@@ -384,7 +445,9 @@ async def _apply_records(
         await set_outcomes(tx, service.name, changed)
     else:
         await tx.insert_rows("event_history", HISTORY_COLUMNS, history)
-    if service.tracks_jobs:
+    if service.tracks_jobs and not claiming:
+        # (PostgreSQL: the built-in handlers mark what they supersede, the history being
+        # claimed before them.)
         terminal = [e.job_id for _, e in events if e.terminal]
         if terminal:
             await settle_conflicts(tx, terminal)
@@ -485,11 +548,20 @@ def event_type_header(headers: Sequence[tuple[str, bytes]]) -> bytes | None:
 
 
 async def _run_handlers(
-    tx: Tx, service: Service, items: list[tuple[Record, JobEvent]], dead_letter: DeadLetter
+    tx: Tx,
+    service: Service,
+    items: list[tuple[Record, JobEvent]],
+    dead_letter: DeadLetter,
+    isolated: bool,
 ) -> list[str]:
     """The batch handler when the service has one; else, or when it fails, one by one."""
     if not items:
         return []
+    if service.batch_handler is not None and service.tracks_jobs and not isolated:
+        # The built-in handler, on a whole batch: without the savepoint (two round trips on
+        # PostgreSQL). Should it fail, the batch is rolled back and the runtime applies it again
+        # record by record, each in its savepoint, where this handler falls back to one by one.
+        return await service.batch_handler([e for _, e in items], tx)
     if service.batch_handler is not None:
         await tx.execute("SAVEPOINT wazza_batch")
         try:

@@ -11,6 +11,7 @@ import orjson
 from .events import JobEvent
 from .state import APPLIED, JobState, Rank, decide
 from .store import IN_LIST_CHUNK, Column, Tx
+from .store.keys import event_key
 from .store.schema import EVENT_ID_SQL
 
 JOB_COLUMNS = (
@@ -79,6 +80,24 @@ _NEW_JOB_COLUMNS: list[Column] = [
     ("created_ms", "bigint"),
     ("updated_ms", "bigint"),
 ]
+# PostgreSQL: insert the jobs not there yet and lock the others, in job-id order.
+_CREATE_AND_LOCK = (
+    "WITH new AS (INSERT INTO jobs (job_id, status, created_ms, updated_ms) "  # noqa: S608
+    "SELECT j, 'processing', ?::bigint, ?::bigint FROM unnest(?::text[]) AS j ORDER BY j "
+    f"ON CONFLICT (job_id) DO NOTHING RETURNING {JOB_COLUMNS}), "
+    f"old AS (SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ANY(?::text[]) "
+    "ORDER BY job_id FOR UPDATE) "
+    "SELECT * FROM new UNION ALL SELECT * FROM old"
+)
+# PostgreSQL: the terminal events a batch superseded (job, event key), any service's, say
+# conflict. The decisions name them (state.Decision.superseded_event_id): every applied terminal
+# event either still wins or was superseded by a later decision.
+_MARK_SUPERSEDED = (
+    "UPDATE event_history h SET outcome = 'conflict' "
+    "FROM unnest(?::text[], ?::bytea[]) AS s(job_id, k) "
+    "WHERE h.job_id = s.job_id AND h.event_key = s.k AND h.outcome = 'applied' "
+    "AND h.event_type IN ('job.completed', 'job.failed')"
+)
 _MARK_CONFLICT = (
     "UPDATE event_history SET outcome = 'conflict' FROM jobs "
     "WHERE jobs.job_id = event_history.job_id AND event_history.job_id {member} "
@@ -116,13 +135,54 @@ async def apply_job_events(events: Sequence[JobEvent], tx: Tx) -> list[str]:
     """
     now = int(time.time() * 1000)
     job_ids = sorted({e.job_id for e in events})
-    await tx.insert_rows(
+    states = await _lock_jobs(tx, job_ids, now)
+    changed: set[str] = set()
+    superseded: list[tuple[str, str]] = []
+    outcomes: list[str] = []
+    for event in events:
+        decision = decide(states[event.job_id], event)
+        if decision.outcome == APPLIED:
+            states[event.job_id] = decision.state
+            changed.add(event.job_id)
+            if decision.superseded_event_id is not None:
+                superseded.append((event.job_id, decision.superseded_event_id))
+        outcomes.append(decision.outcome)
+    await tx.update_rows(
         "jobs",
-        _NEW_JOB_COLUMNS,
-        [(j, "processing", now, now) for j in job_ids],
-        "ON CONFLICT (job_id) DO NOTHING",
+        _JOB_KEY,
+        _JOB_UPDATE_COLUMNS,
+        [_update_args(states[j], now) for j in sorted(changed)],
     )
+    if superseded and tx.dialect == "postgresql":
+        # Rare (two terminal events of one job): a statement of its own.
+        await tx.execute(
+            _MARK_SUPERSEDED,
+            [job for job, _ in superseded],
+            [event_key(event_id) for _, event_id in superseded],
+        )
+    return outcomes
+
+
+async def _lock_jobs(tx: Tx, job_ids: list[str], now: int) -> dict[str, JobState]:
+    """Create the jobs not there yet and lock every one, in job-id order: their states."""
     states: dict[str, JobState] = {}
+    if tx.dialect == "postgresql":
+        # One round trip for both: the new rows come back from the insert, the others from the
+        # lock. Both parts read one snapshot, so a job another transaction created and committed
+        # while this statement waited for it is in neither: it is locked again below.
+        for row in await tx.fetchall(_CREATE_AND_LOCK, now, now, job_ids, job_ids):
+            states[row[0]] = row_to_state(row)
+        missing = [j for j in job_ids if j not in states]
+        if not missing:
+            return states
+        job_ids = missing
+    else:
+        await tx.insert_rows(
+            "jobs",
+            _NEW_JOB_COLUMNS,
+            [(j, "processing", now, now) for j in job_ids],
+            "ON CONFLICT (job_id) DO NOTHING",
+        )
     for start in range(0, len(job_ids), IN_LIST_CHUNK):
         chunk = job_ids[start : start + IN_LIST_CHUNK]
         member, args = tx.in_list(chunk)
@@ -132,21 +192,7 @@ async def apply_job_events(events: Sequence[JobEvent], tx: Tx) -> list[str]:
             *args,
         ):
             states[row[0]] = row_to_state(row)
-    changed: set[str] = set()
-    outcomes: list[str] = []
-    for event in events:
-        decision = decide(states[event.job_id], event)
-        if decision.outcome == APPLIED:
-            states[event.job_id] = decision.state
-            changed.add(event.job_id)
-        outcomes.append(decision.outcome)
-    await tx.update_rows(
-        "jobs",
-        _JOB_KEY,
-        _JOB_UPDATE_COLUMNS,
-        [_update_args(states[j], now) for j in sorted(changed)],
-    )
-    return outcomes
+    return states
 
 
 async def apply_job_event(event: JobEvent, tx: Tx) -> str:
@@ -169,13 +215,19 @@ async def apply_job_event(event: JobEvent, tx: Tx) -> str:
     decision = decide(row_to_state(row), event)
     if decision.outcome == APPLIED:
         await tx.execute(_UPDATE_JOB, *_update_args(decision.state, now))
+        if decision.superseded_event_id is not None and tx.dialect == "postgresql":
+            await tx.execute(
+                _MARK_SUPERSEDED, [event.job_id], [event_key(decision.superseded_event_id)]
+            )
     return decision.outcome
 
 
 async def settle_conflicts(tx: Tx, job_ids: Sequence[str]) -> None:
     """A terminal event in a job's history marked applied that is not the job's winning one has
     lost to a later event (applied by whichever service, in whichever batch): it says conflict,
-    as it would have had the two arrived the other way round. Run after the history is written."""
+    as it would have had the two arrived the other way round. Run after the history is written
+    (SQLite, which writes a batch's history after its handler; on PostgreSQL the history is
+    claimed first, and the handlers mark the events they supersede themselves)."""
     unique = sorted(set(job_ids))
     for start in range(0, len(unique), IN_LIST_CHUNK):
         member, args = tx.in_list(unique[start : start + IN_LIST_CHUNK])

@@ -123,6 +123,30 @@ async def test_a_terminal_event_that_loses_to_a_later_one_says_conflict(store: S
     ]
 
 
+@pytest.mark.parametrize("isolate", [False, True], ids=["whole", "record-by-record"])
+async def test_a_terminal_event_superseded_within_its_batch_says_conflict(
+    store: Store, isolate: bool
+) -> None:
+    """Two completions of one job in one batch: the later one wins, the earlier one (applied
+    first, then superseded) says conflict, whether the batch is applied whole or record by
+    record (the handler one event at a time)."""
+    early = completed("j1", "2025-10-22T10:30:00Z")
+    late = completed("j1", "2025-10-22T10:40:00Z")
+    batch = {0: [record(0, early), record(1, late)]}
+
+    result = await apply_batch(store, BUILTIN["completion"], "t.raw", batch, never, isolate=isolate)
+
+    assert [o for _, o, _ in result.outcomes] == ["applied", "applied"]
+    async with store.reader() as tx:
+        events = await history.job_history(tx, "j1")
+    assert [(e.event_id, e.outcome) for e in events] == [
+        (envelope_of(early).event_id, "conflict"),
+        (envelope_of(late).event_id, "applied"),
+    ]
+    state = await rows(store, "SELECT terminal_event_id FROM jobs WHERE job_id = 'j1'")
+    assert [tuple(r) for r in state] == [(envelope_of(late).event_id,)]
+
+
 async def test_the_migration_carries_every_key_over_and_no_event_is_applied_twice(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

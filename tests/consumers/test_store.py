@@ -15,7 +15,7 @@ from consumers.log_identity import Stored
 from consumers.service import BUILTIN
 from consumers.store import Store, StoreError, StoreUnavailable, Tx, open_store
 from consumers.store.schema import MIGRATIONS
-from tests.support.consumers import completed, envelope_of, job, progress
+from tests.support.consumers import completed, envelope_of, job, progress, rows
 
 
 def record(offset: int, raw: bytes, partition: int = 0) -> Record:
@@ -64,6 +64,38 @@ async def test_a_replayed_batch_is_refused_by_the_offset_guard_and_changes_nothi
     assert await stored_offsets(store, "progress", "t.raw") == {0: Stored(1, None)}
 
 
+async def test_a_batch_past_its_stored_offset_is_applied_only_where_the_gap_is_accepted(
+    store: Store,
+) -> None:
+    """Two partitions stored at offset 1 whose batches start at 5 (records 1 to 4 gone): the one
+    whose gap is accepted is applied and advanced, the other left as it was and sought back; a
+    partition stored past its batch is sought forward, and writes nothing either."""
+    service = BUILTIN["progress"]
+    first = {
+        p: [record(0, progress(f"j{p}", 10, "2025-10-22T10:00:00Z"), partition=p)]
+        for p in (0, 1, 2)
+    }
+    await apply_batch(store, service, "t.raw", first, never)
+    async with store.transaction() as tx:
+        await tx.execute("UPDATE consumer_offsets SET next_offset = 9 WHERE kafka_partition = 2")
+    later = {
+        p: [record(5, progress(f"j{p}", 50, "2025-10-22T10:05:00Z"), partition=p)]
+        for p in (0, 1, 2)
+    }
+
+    result = await apply_batch(store, service, "t.raw", later, never, accept_gaps=frozenset({1}))
+
+    assert result.seek == {0: 1, 2: 9}
+    assert result.next_offsets == {1: 6}
+    assert await stored_offsets(store, "progress", "t.raw") == {
+        0: Stored(1, None),
+        1: Stored(6, None),
+        2: Stored(9, None),
+    }
+    percents = await rows(store, "SELECT job_id, percent FROM jobs ORDER BY job_id")
+    assert [tuple(r) for r in percents] == [("j0", 10.0), ("j1", 50.0), ("j2", 10.0)]
+
+
 async def test_the_same_event_at_another_offset_is_a_duplicate(store: Store) -> None:
     raw = completed("j2", "2025-10-22T10:30:00Z")
     batch = {0: [record(0, raw), record(1, raw), record(2, raw)]}
@@ -81,6 +113,44 @@ async def test_a_service_skips_event_types_it_does_not_take(store: Store) -> Non
     assert [o for _, o, _ in result.outcomes] == ["skipped"]
     assert await job(store, "j3") is None
     assert await stored_offsets(store, "progress", "t.raw") == {0: Stored(1, None)}
+
+
+async def test_a_job_created_by_another_transaction_meanwhile_is_locked_and_applied(
+    postgres_dsn: str,
+) -> None:
+    """PostgreSQL creates and locks a batch's jobs in one statement, whose parts read one
+    snapshot: a job another transaction inserts and commits while the statement waits for it is
+    in neither part, and is locked again before the order rules run."""
+    import asyncpg
+
+    store = await open_store(postgres_dsn)
+    other = await asyncpg.connect(postgres_dsn)
+    try:
+        holding = other.transaction()
+        await holding.start()
+        await other.execute(
+            "INSERT INTO jobs (job_id, status, percent, created_ms, updated_ms) "
+            "VALUES ('j7', 'processing', 20, 1, 1)"
+        )
+        batch = {0: [record(0, progress("j7", 40, "2025-10-22T10:00:00Z"))]}
+        applying = asyncio.create_task(
+            apply_batch(store, BUILTIN["progress"], "t.raw", batch, never)
+        )
+        await asyncio.sleep(0.3)
+        assert not applying.done()  # waiting for the other transaction's row
+        await holding.commit()
+        result = await asyncio.wait_for(applying, 10)
+    finally:
+        await other.close()
+        await store.close()
+
+    assert [o for _, o, _ in result.outcomes] == ["applied"]
+    store = await open_store(postgres_dsn)
+    try:
+        state = await rows(store, "SELECT percent, created_ms FROM jobs WHERE job_id = 'j7'")
+    finally:
+        await store.close()
+    assert [tuple(r) for r in state] == [(40.0, 1)]  # the other's row, this batch's progress
 
 
 async def test_a_bad_database_url_is_a_store_error_naming_it() -> None:
