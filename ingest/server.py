@@ -14,6 +14,7 @@ import gc
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,8 @@ if TYPE_CHECKING:  # the settings import stays lazy: see _supervise and multipro
 # In-flight requests end within the publish deadline (at most 4.5 s); this leaves room for the
 # producer's flush as well, under the 30 s grace Kubernetes gives by default.
 _SHUTDOWN_TIMEOUT_SECONDS = 10.0
+# Connections the kernel queues before the loop accepts them: aiohttp's own default.
+_BACKLOG = 128
 # A worker that dies this soon after its start is not crashing at random: it cannot start (port
 # taken, bad address). Restarting it in a loop would only hide that.
 _FAST_DEATH_SECONDS = 2.0
@@ -132,14 +135,21 @@ async def _run(
     from .app import STATE, direct_dispatch
     from .edges import EdgeLimits, start_runner
 
-    runner = await start_runner(
-        app, EdgeLimits.of(settings), shutdown_timeout=_SHUTDOWN_TIMEOUT_SECONDS
-    )
+    # The port first: one that is taken stops the ingester before the app starts its producer
+    # (a producer stopped while it connects can leave a broker connection open behind it).
+    sock = _listening_socket(host, port, reuse_port=reuse_port)
+    try:
+        runner = await start_runner(
+            app, EdgeLimits.of(settings), shutdown_timeout=_SHUTDOWN_TIMEOUT_SECONDS
+        )
+    except BaseException:
+        sock.close()
+        raise
     assert runner.server is not None  # noqa: S101 - set by setup()
     # Every connection takes its handler from the server when it opens: none is open yet.
     runner.server.request_handler = direct_dispatch(app)
     try:
-        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+        site = web.SockSite(runner, sock)
         await site.start()
         # What exists now (modules, the app, the producer) lives as long as the process: kept out
         # of the collector's reach, a full collection under load scans only what came later
@@ -161,6 +171,28 @@ async def _run(
         lines.emit({"ts": round(time.time(), 3), "msg": "stopping", "in_flight": state.in_flight})
     finally:
         await runner.cleanup()
+
+
+def _listening_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """A socket bound to the first address `host` names and listening, as asyncio's own server
+    would make it (SO_REUSEADDR; SO_REUSEPORT for the workers sharing the port)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _supervise(host: str, port: int, workers: int) -> int:
