@@ -112,7 +112,7 @@ def route_fields(body: bytes) -> tuple[str, str]:
         reason = "missing_event_type" if event is None else "invalid_event_type"
         raise _Quarantine(reason, job_id, "")
     # What the ingester accepts, every consumer can apply (one shared contract).
-    unusable = contract.inapplicable(doc, event_type)
+    unusable = contract.inapplicable(doc, event_type, body)
     if unusable is not None:
         raise _Quarantine(unusable, job_id, event_type)
     return event_type, job_id
