@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import cProfile
 import hashlib
-import hmac
 import io
 import json
 import os
@@ -64,6 +63,7 @@ from wazza_hooks import contract  # noqa: E402
 from wazza_tools.dev.apache_kafka import ApacheKafka, java_and_maven  # noqa: E402
 from wazza_tools.dev.localbroker import LocalBroker, free_port, port_in_use  # noqa: E402
 from wazza_tools.dev.topics import ensure_topics  # noqa: E402
+from wazza_tools.send.webhooks import sign  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SECRET = "bench-secret-not-for-production"
@@ -457,10 +457,7 @@ async def e2e_latency(
             statuses: dict[int, int] = {}
 
             async def send(raw: bytes) -> None:
-                ts = str(int(time.time()))
-                sig = hmac.new(SECRET.encode(), f"{ts}.".encode() + raw, hashlib.sha256).hexdigest()
-                headers = {"Content-Type": "application/json", "X-Wazza-Timestamp": ts,
-                           "X-Wazza-Signature": sig}  # fmt: skip
+                headers = sign(SECRET.encode(), raw, int(time.time()))
                 async with http.post(url, data=raw, headers=headers) as resp:
                     statuses[resp.status] = statuses.get(resp.status, 0) + 1
                     await resp.read()

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import os
 import platform
@@ -46,6 +44,7 @@ import orjson
 from wazza_tools.dev.apache_kafka import ApacheKafka, java_and_maven
 from wazza_tools.dev.localbroker import LocalBroker, free_port, port_in_use
 from wazza_tools.dev.topics import default_topics, ensure_topics, local_topic_configs
+from wazza_tools.send.webhooks import sign
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -132,11 +131,8 @@ def write_script(folder: Path, jobs: int) -> Path:
         ]
         for doc in bodies:
             body = orjson.dumps(doc).decode()
-            sig = hmac.new(SECRET.encode(), f"{ts}.{body}".encode(), hashlib.sha256).hexdigest()
-            headers = (
-                "{['Content-Type']='application/json',"
-                f"['X-Wazza-Timestamp']='{ts}',['X-Wazza-Signature']='{sig}'}}"
-            )
+            signed = sign(SECRET.encode(), body.encode(), int(ts))
+            headers = "{" + ",".join(f"['{k}']='{v}'" for k, v in signed.items()) + "}"
             entries.append(f"{{{headers},{_lua_string(body)}}}")
     script = folder / "signed.lua"
     script.write_text("REQUESTS = {\n" + ",\n".join(entries) + "\n}\n" + _LUA % {"path": PATH})
