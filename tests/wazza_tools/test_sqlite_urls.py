@@ -102,14 +102,14 @@ async def test_the_tools_refuse_sqlite_tmp_in_one_line_with_the_hint(
 @pytest.mark.slow
 def test_dev_refuses_such_a_store_before_starting_anything(tmp_path: Path) -> None:
     done = subprocess.run(
-        [str(BIN / "wazza-hooks"), "dev", "--store", "sqlite:///tmp/x.db", "--engine", "tansu",
-         "--port", str(free_port()), "--broker-port", str(free_port())],
+        [str(BIN / "wazza-hooks"), "dev", "--database-url", "sqlite:///tmp/x.db",
+         "--engine", "tansu", "--port", str(free_port()), "--broker-port", str(free_port())],
         cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
         timeout=COMMAND_SECONDS,
     )  # fmt: skip
 
     assert done.returncode == 2, done
-    assert "wazza-hooks dev: --store: sqlite:///tmp/x.db names ./tmp/x.db" in done.stderr
+    assert "wazza-hooks dev: --database-url: sqlite:///tmp/x.db names ./tmp/x.db" in done.stderr
     assert HINT in done.stderr
 
 

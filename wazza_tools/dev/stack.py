@@ -114,9 +114,13 @@ def add_dev_parser(sub: Any) -> None:
     )
     dev.add_argument("--var", type=Path, default=Path("var"), help="state folder (./var)")
     dev.add_argument(
-        "--store",
+        "--database-url",
+        "--store",  # its name before every command took --database-url
+        dest="store",
+        metavar="URL",
         default=None,
-        help="the consumers' DATABASE_URL (default sqlite:///./var/wazza.db: wazza.db in --var)",
+        help="the consumers' store, as every command names it (default "
+        "sqlite:///./var/wazza.db: wazza.db in --var; --store is the same option)",
     )
     dev.add_argument(
         "--reset",
@@ -184,7 +188,7 @@ def _level(line: str) -> str | None:
 
 
 def _store_of(args: argparse.Namespace) -> str:
-    """--store, else wazza.db in the state folder (DEFAULT_STORE for the default ./var)."""
+    """--database-url, else wazza.db in the state folder (DEFAULT_STORE for the default ./var)."""
     if args.store is not None:
         return str(args.store)
     return DEFAULT_STORE if args.var == Path("var") else f"sqlite:///{args.var}/wazza.db"
@@ -305,7 +309,7 @@ def _run_locked(args: argparse.Namespace) -> int:
         try:
             sqlite_path(store)
         except StoreError as exc:
-            print(f"wazza-hooks dev: --store: {exc}", file=sys.stderr)
+            print(f"wazza-hooks dev: --database-url: {exc}", file=sys.stderr)
             return 2
     busy = [("ingester", args.port), ("broker", args.broker_port)]
     if args.engine != "tansu":
