@@ -199,7 +199,9 @@ async def apply_batch(
     async with store.transaction() as tx:
         advancing = tx.dialect == "postgresql"
         if advancing:
-            rows = await _guard_and_advance(tx, service.name, topic, spans, accept_gaps, topic_id)
+            rows = await _guard_and_advance(
+                tx, service.name, topic, sorted(partitions), spans, accept_gaps, topic_id
+            )
         else:
             # One statement, rows locked in partition order: two owners of overlapping
             # partitions (a zombie) lock alike.
@@ -238,15 +240,16 @@ async def _guard_and_advance(
     tx: Tx,
     service: str,
     topic: str,
+    order: list[int],
     spans: dict[int, tuple[int, int]],
     accept_gaps: frozenset[int],
     topic_id: str | None,
 ) -> list[Sequence[Any]]:
-    """Steps (a) and (d) in one statement (PostgreSQL, where each is a round trip): lock the
-    stored offsets in partition order, store next_offset for each partition the guard lets
+    """Steps (a) and (d) in one statement (PostgreSQL, where each is a round trip) for the
+    batch's partitions, `order` (only those: `spans` may name partitions revoked meanwhile):
+    lock their stored offsets in partition order, store next_offset for each the guard lets
     through, and return the stored offsets as they were. Storing it before the records are
     applied changes nothing: the transaction commits them together or not at all."""
-    order = sorted(spans)
     return await tx.fetchall(
         _GUARD_AND_ADVANCE,
         service,

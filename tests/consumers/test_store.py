@@ -96,6 +96,21 @@ async def test_a_batch_past_its_stored_offset_is_applied_only_where_the_gap_is_a
     assert [tuple(r) for r in percents] == [("j0", 10.0), ("j1", 50.0), ("j2", 10.0)]
 
 
+async def test_only_the_batchs_partitions_are_advanced_whatever_the_spans_name(
+    store: Store,
+) -> None:
+    """The runtime drops partitions revoked while the batch was read, but not their spans: a
+    partition left out of the batch keeps its stored offset (its records were not applied)."""
+    batch = {0: [record(0, progress("j1", 40, "2025-10-22T10:00:00Z"))]}
+
+    result = await apply_batch(
+        store, BUILTIN["progress"], "t.raw", batch, never, spans={0: (0, 1), 1: (0, 5)}
+    )
+
+    assert result.next_offsets == {0: 1}
+    assert await stored_offsets(store, "progress", "t.raw") == {0: Stored(1, None)}
+
+
 async def test_the_same_event_at_another_offset_is_a_duplicate(store: Store) -> None:
     raw = completed("j2", "2025-10-22T10:30:00Z")
     batch = {0: [record(0, raw), record(1, raw), record(2, raw)]}
