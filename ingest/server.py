@@ -137,20 +137,22 @@ async def _run(
 
     # The port first: one that is taken stops the ingester before the app starts its producer
     # (a producer stopped while it connects can leave a broker connection open behind it).
-    sock = _listening_socket(host, port, reuse_port=reuse_port)
+    socks = _listening_sockets(host, port, reuse_port=reuse_port)
     try:
         runner = await start_runner(
             app, EdgeLimits.of(settings), shutdown_timeout=_SHUTDOWN_TIMEOUT_SECONDS
         )
     except BaseException:
-        sock.close()
+        for sock in socks:
+            sock.close()
         raise
     assert runner.server is not None  # noqa: S101 - set by setup()
     # Every connection takes its handler from the server when it opens: none is open yet.
     runner.server.request_handler = direct_dispatch(app)
     try:
-        site = web.SockSite(runner, sock)
-        await site.start()
+        sites = [web.SockSite(runner, sock) for sock in socks]
+        for site in sites:
+            await site.start()
         # What exists now (modules, the app, the producer) lives as long as the process: kept out
         # of the collector's reach, a full collection under load scans only what came later
         # (measured: one took 46 ms with everything in reach, a pause every in-flight request
@@ -162,7 +164,8 @@ async def _run(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await stop.wait()
-        await site.stop()
+        for site in sites:
+            await site.stop()
         state = app[STATE]
         deadline = loop.time() + _SHUTDOWN_TIMEOUT_SECONDS
         # A bounded drain, polled 50 times a second.
@@ -173,26 +176,29 @@ async def _run(
         await runner.cleanup()
 
 
-def _listening_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
-    """A socket bound to the first address `host` names and listening, as asyncio's own server
-    would make it (SO_REUSEADDR; SO_REUSEPORT for the workers sharing the port)."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
+def _listening_sockets(host: str, port: int, *, reuse_port: bool) -> list[socket.socket]:
+    """Sockets bound to every address `host` names, listening, as asyncio's own server makes
+    them (SO_REUSEADDR; SO_REUSEPORT for the workers sharing the port; IPv6 ones IPv6 only)."""
+    socks: list[socket.socket] = []
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
-        sock.listen(_BACKLOG)
-        sock.setblocking(False)
+        for family, kind, proto, _, address in dict.fromkeys(
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        ):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(_BACKLOG)
+            sock.setblocking(False)
     except BaseException:
-        sock.close()
+        for sock in socks:
+            sock.close()
         raise
-    return sock
+    return socks
 
 
 def _supervise(host: str, port: int, workers: int) -> int:
