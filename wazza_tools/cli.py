@@ -38,6 +38,7 @@ from wazza_tools.dev.topics import (
     local_topic_configs,
     topic_configs,
 )
+from wazza_tools.options import add_bootstrap_servers
 
 SENDER_COMMANDS = ("send-test", "simulate", "verify", "register")
 OPS_COMMANDS = ("replay", "dlq")
@@ -105,11 +106,7 @@ def _parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ensure.add_argument(
-        "--bootstrap-servers",
-        default=None,
-        help="default: $KAFKA_BOOTSTRAP_SERVERS or localhost:9092",
-    )
+    add_bootstrap_servers(ensure)
     ensure.add_argument(
         "--partitions",
         type=whole_number(1, 10_000),

@@ -41,9 +41,9 @@ from wazza_tools.dev.topics import (
     ensure_topics,
     local_topic_configs,
 )
+from wazza_tools.options import DEFAULT_DATABASE_URL
 
 # The store the jobs and sender commands read by default: the same file.
-DEFAULT_STORE = "sqlite:///./var/wazza.db"
 
 _COLOURS = {
     "broker": "\033[35m",
@@ -188,10 +188,10 @@ def _level(line: str) -> str | None:
 
 
 def _store_of(args: argparse.Namespace) -> str:
-    """--database-url, else wazza.db in the state folder (DEFAULT_STORE for the default ./var)."""
+    """--database-url, else wazza.db in the state folder (DEFAULT_DATABASE_URL for ./var)."""
     if args.store is not None:
         return str(args.store)
-    return DEFAULT_STORE if args.var == Path("var") else f"sqlite:///{args.var}/wazza.db"
+    return DEFAULT_DATABASE_URL if args.var == Path("var") else f"sqlite:///{args.var}/wazza.db"
 
 
 def _lock_state(var: Path) -> IO[str] | None:
@@ -583,7 +583,7 @@ def _banner(args: argparse.Namespace, store_url: str, bootstrap: str, memory_onl
     exported_store = os.environ.get("DATABASE_URL")
     store = (
         f"DATABASE_URL={store_url} "
-        if store_url != DEFAULT_STORE or (exported_store and exported_store != store_url)
+        if store_url != DEFAULT_DATABASE_URL or (exported_store and exported_store != store_url)
         else ""
     )
     print(

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from wazza_tools.options import add_bootstrap_servers, add_database_url
+
 _REPLAY_EPILOG = """\
 examples:
   wazza-hooks replay --service completion --from-beginning
@@ -44,18 +46,8 @@ as a duplicate. Redriving a dead letter again does nothing.
 def add_ops_parsers(sub: Any) -> None:
     """Register the operator subcommands."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--database-url",
-        default=None,
-        metavar="URL",
-        help="the consumers' store (default: $DATABASE_URL or sqlite:///./var/wazza.db)",
-    )
-    common.add_argument(
-        "--bootstrap-servers",
-        default=None,
-        metavar="HOSTS",
-        help="the brokers (default: $KAFKA_BOOTSTRAP_SERVERS or localhost:9092)",
-    )
+    add_database_url(common)
+    add_bootstrap_servers(common)
     common.add_argument(
         "--json", action="store_true", help="print JSON in the documented, stable format"
     )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -23,10 +22,10 @@ from consumers.history import job_history
 from consumers.jobs import JOB_COLUMNS, row_to_state
 from consumers.store import Store, Tx, open_existing_store, store_problem
 from wazza_hooks.config import whole_number
+from wazza_tools.options import add_database_url, database_url
 from wazza_tools.render import iso_time, print_json, printable, state_fields, table
 from wazza_tools.sqlite_file import say_sqlite_file
 
-DEFAULT_DATABASE_URL = "sqlite:///./var/wazza.db"
 STATUSES = ("processing", "completed", "failed")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 10_000
@@ -41,12 +40,7 @@ class _NotFound(Exception):
 def add_jobs_parser(sub: Any) -> None:
     """Register the `jobs` subcommand and its actions."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--database-url",
-        default=None,
-        metavar="URL",
-        help=f"the consumers' store (default: $DATABASE_URL or {DEFAULT_DATABASE_URL})",
-    )
+    add_database_url(common)
     common.add_argument(
         "--json", action="store_true", help="print JSON in the documented, stable format"
     )
@@ -97,7 +91,7 @@ def add_jobs_parser(sub: Any) -> None:
 
 def run_jobs(args: argparse.Namespace) -> int:
     """Run `wazza-hooks jobs ACTION`; returns the exit code (0, or 1 with a message on stderr)."""
-    url = args.database_url or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    url = database_url(args)
     try:
         if args.jobs_command == "show":
             job = _read(url, lambda tx: _job(tx, args.job_id))

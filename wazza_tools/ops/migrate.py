@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sqlite3
 import sys
 
 from consumers.store import StoreError, open_store
 from consumers.store.migrations import KNOWN, listing, refuse_newer, sqlite_version
 from wazza_hooks.config import redact_url
+from wazza_tools.options import add_database_url, database_url
 from wazza_tools.sqlite_file import say_sqlite_file
 
 
@@ -37,11 +37,7 @@ def add_migrate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--database-url",
-        default=None,
-        help="default: $DATABASE_URL or sqlite:///./var/wazza.db",
-    )
+    add_database_url(parser)
     parser.add_argument(
         "--show", action="store_true", help="list applied and pending migrations; change nothing"
     )
@@ -49,7 +45,7 @@ def add_migrate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 def run_migrate(args: argparse.Namespace) -> int:
     """Run `wazza-hooks migrate`; returns the exit code."""
-    url = args.database_url or os.environ.get("DATABASE_URL") or "sqlite:///./var/wazza.db"
+    url = database_url(args)
     shown = redact_url(url)
     try:
         return asyncio.run(_migrate(url, shown, args.show))

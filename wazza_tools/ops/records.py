@@ -31,6 +31,7 @@ from consumers.store import store_problem
 from wazza_hooks import contract
 from wazza_hooks.config import ConfigError
 from wazza_tools.ops.connect import BROKER_TIMEOUT_SECONDS, OpsError, UsageError
+from wazza_tools.options import SHORT_EVENT_TYPES, add_bootstrap_servers, add_database_url
 from wazza_tools.render import dead_letter_fields, iso_time, printable
 
 RAW = "raw"
@@ -42,17 +43,11 @@ ACCEPTED = "accepted"
 QUARANTINED = "quarantined"
 DEAD_LETTERED = "dead_lettered"
 
-SHORT_TYPES = {
-    "completed": contract.JOB_COMPLETED,
-    "failed": contract.JOB_FAILED,
-    "processing": contract.JOB_PROCESSING,
-}
-
 
 def event_type_argument(text: str) -> str:
     """`--type`: a short name (completed, failed, processing) or a full `job.*` name (a type
     Wazza adds later travels like the others)."""
-    name = SHORT_TYPES.get(text.strip(), text.strip())
+    name = SHORT_EVENT_TYPES.get(text.strip(), text.strip())
     if not name.startswith("job.") or len(name) > contract.MAX_EVENT_TYPE_CHARS:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an event type (completed, failed, processing, or job.NAME)"
@@ -65,19 +60,9 @@ def event_type_argument(text: str) -> str:
 
 def add_source_options(parser: argparse.ArgumentParser, *, store: bool) -> None:
     """The options naming the broker, the topics and (with `store`) the consumers' store."""
-    parser.add_argument(
-        "--bootstrap-servers",
-        default=None,
-        metavar="HOSTS",
-        help="the brokers (default: $KAFKA_BOOTSTRAP_SERVERS or localhost:9092)",
-    )
+    add_bootstrap_servers(parser)
     if store:
-        parser.add_argument(
-            "--database-url",
-            default=None,
-            metavar="URL",
-            help="the consumers' store (default: $DATABASE_URL or sqlite:///./var/wazza.db)",
-        )
+        add_database_url(parser)
     parser.add_argument(
         "--raw-topic",
         default=None,

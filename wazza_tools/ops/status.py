@@ -44,6 +44,7 @@ from wazza_hooks import contract
 from wazza_hooks.config import ConfigError, Env, decimal_number, plural, redact_url, whole_number
 from wazza_tools.ops.connect import OpsError, offset_bounds, partitions_of
 from wazza_tools.ops.migrate import store_version
+from wazza_tools.options import add_bootstrap_servers, add_database_url
 from wazza_tools.render import iso_time, print_json, printable
 
 _T = TypeVar("_T")
@@ -108,18 +109,8 @@ def add_status_parser(sub: Any) -> None:
         "http://127.0.0.1:9101, 9102 and 9103); default: none, readiness then comes from the "
         "consumer groups alone",
     )
-    parser.add_argument(
-        "--database-url",
-        default=None,
-        metavar="URL",
-        help="the consumers' store (default: $DATABASE_URL or sqlite:///./var/wazza.db)",
-    )
-    parser.add_argument(
-        "--bootstrap-servers",
-        default=None,
-        metavar="HOSTS",
-        help="the brokers (default: $KAFKA_BOOTSTRAP_SERVERS or localhost:9092)",
-    )
+    add_database_url(parser)
+    add_bootstrap_servers(parser)
     parser.add_argument(
         "--max-lag",
         type=whole_number(0, 10**12),

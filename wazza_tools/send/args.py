@@ -10,15 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from wazza_hooks.config import decimal_number, whole_number
+from wazza_tools.options import SHORT_EVENT_TYPES, add_database_url
 from wazza_tools.send import webhooks as sender
 from wazza_tools.send.register import DEFAULT_API_BASE
-
-DEFAULT_DATABASE_URL = "sqlite:///./var/wazza.db"
-_SHORT_EVENTS = {
-    "completed": "job.completed",
-    "failed": "job.failed",
-    "processing": "job.processing",
-}
 
 _SIGNING_HELP = (
     "signing secret (default: $WAZZA_WEBHOOK_SECRETS' first, else $WAZZA_WEBHOOK_SECRET, "
@@ -37,7 +31,7 @@ A job is undetermined when a delivery that decides its state was given up yet ma
 
 
 def _event_name(text: str) -> str:
-    name = _SHORT_EVENTS.get(text, text)
+    name = SHORT_EVENT_TYPES.get(text, text)
     if name not in sender.EVENT_TYPES:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an event: completed, failed, processing (or job.completed, ...)"
@@ -199,12 +193,7 @@ def add_sender_parsers(sub: Any) -> None:
         metavar="FILE",
         help="the expect file `simulate --expect FILE` wrote",
     )
-    verify.add_argument(
-        "--database-url",
-        default=None,
-        metavar="URL",
-        help=f"the consumers' store (default: $DATABASE_URL or {DEFAULT_DATABASE_URL})",
-    )
+    add_database_url(verify)
     verify.add_argument(
         "--wait",
         type=decimal_number(0.0, 86_400.0),

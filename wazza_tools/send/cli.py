@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from wazza_hooks.config import plural, redact_url
+from wazza_tools.options import database_url
 from wazza_tools.send import webhooks as sender
-from wazza_tools.send.args import DEFAULT_DATABASE_URL
 from wazza_tools.send.register import register_webhook
 
 if TYPE_CHECKING:  # the engines are imported by the command that runs them, not at start
@@ -53,7 +53,7 @@ def run_sender(args: argparse.Namespace) -> int:
         print(f"wazza-hooks {args.command}: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, _Usage) else 1
     except Exception as exc:
-        message = store_problem(exc, _database_url(args))
+        message = store_problem(exc, database_url(args))
         if message is None:
             raise  # not the store's: a bug, to show whole
         print(f"wazza-hooks {args.command}: {message}", file=sys.stderr)
@@ -236,14 +236,6 @@ def _summary(plans: list[JobPlan], tally: Tally, seed: int) -> None:
 # --- verify -----------------------------------------------------------------------------------
 
 
-def _database_url(args: argparse.Namespace) -> str:
-    return str(
-        getattr(args, "database_url", None)
-        or os.environ.get("DATABASE_URL")
-        or DEFAULT_DATABASE_URL
-    )
-
-
 def _verify(args: argparse.Namespace) -> int:
     from consumers.store import StoreUnavailable, open_store, refuse_missing_sqlite
     from wazza_tools.send.expect import read_expect
@@ -251,7 +243,7 @@ def _verify(args: argparse.Namespace) -> int:
     from wazza_tools.sqlite_file import say_sqlite_file
 
     expected = read_expect(args.expect)
-    url = _database_url(args)
+    url = database_url(args)
     shown = redact_url(url)
     say_sqlite_file(url)
     refuse_missing_sqlite(url)  # opening it would create an empty store, every job missing
