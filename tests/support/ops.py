@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from consumers.settings import ConsumerSettings
-from consumers.store import Store
+from consumers.store import Store, open_store
 from tests.support.commands import Result
 from tests.support.consumers import rows
 from tests.support.env import subprocess_env
@@ -80,3 +80,20 @@ def iso(ms: int) -> str:
     """A time as the commands print it, computed independently of their code."""
     moment = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
     return moment.replace("+00:00", "Z")
+
+
+async def store_offset(url: str, topic: str, next_offset: int, service: str = "completion") -> None:
+    """A store at `url` where `service` has taken partition 0 of `topic` up to `next_offset`:
+    a service the operator commands know, without running it."""
+    opened = await open_store(url)
+    try:
+        async with opened.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO consumer_offsets (service, topic, kafka_partition, next_offset) "
+                "VALUES (?, ?, 0, ?)",
+                service,
+                topic,
+                next_offset,
+            )
+    finally:
+        await opened.close()

@@ -12,7 +12,7 @@ import pytest
 
 from consumers import JobEvent, Service, Tx
 from consumers.service import BUILTIN
-from consumers.store import Store, open_store
+from consumers.store import Store
 from tests.support.commands import hooks
 from tests.support.consumers import (
     completed,
@@ -28,7 +28,7 @@ from tests.support.consumers import (
     until,
 )
 from tests.support.kafka import make_topics, read_topic
-from tests.support.ops import env_for, iso, one_line_refusal
+from tests.support.ops import env_for, iso, one_line_refusal, store_offset
 from wazza_hooks import contract
 from wazza_tools.dev.localbroker import LocalBroker, free_port
 from wazza_tools.ops.connect import OpsError, broker_writer
@@ -174,16 +174,7 @@ async def test_dlq_refusals_are_one_line_with_a_non_zero_exit(
     url = f"sqlite:///{tmp_path}/wazza.db"
     topics = await make_topics(broker.bootstrap_servers, partitions=1)
     settings = settings_on(broker, topics)
-    opened = await open_store(url)
-    try:
-        async with opened.transaction() as tx:
-            await tx.execute(
-                "INSERT INTO consumer_offsets (service, topic, kafka_partition, next_offset) "
-                "VALUES ('completion', ?, 0, 0)",
-                topics.raw,
-            )
-    finally:
-        await opened.close()
+    await store_offset(url, topics.raw, 0)
     env = env_for(settings, url)
 
     nowhere = f"127.0.0.1:{free_port()}"

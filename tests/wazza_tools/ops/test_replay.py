@@ -30,7 +30,7 @@ from tests.support.consumers import (
     until,
 )
 from tests.support.kafka import Topics, make_topics
-from tests.support.ops import env_for, iso, one_line_refusal, snapshot, stored
+from tests.support.ops import env_for, iso, one_line_refusal, snapshot, store_offset, stored
 from wazza_tools.dev.localbroker import LocalBroker, free_port
 
 SERVICES = ("progress", "completion", "failure")
@@ -192,16 +192,7 @@ async def test_replay_refusals_are_one_line_with_a_non_zero_exit(
     finally:
         await producer.stop()
     settings = settings_on(broker, topics)
-    opened = await open_store(url)
-    try:
-        async with opened.transaction() as tx:
-            await tx.execute(
-                "INSERT INTO consumer_offsets (service, topic, kafka_partition, next_offset) "
-                "VALUES ('completion', ?, 0, 2)",
-                topics.raw,
-            )
-    finally:
-        await opened.close()
+    await store_offset(url, topics.raw, 2)
     env = {**env_for(settings, url), "WAZZA_HISTORY_RETENTION_SECONDS": "3600"}
 
     nowhere = f"127.0.0.1:{free_port()}"
