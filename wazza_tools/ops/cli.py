@@ -130,10 +130,7 @@ async def _replay(args: argparse.Namespace, settings: ConsumerSettings) -> int:
             recent = await offsets_since(
                 consumer, partitions, int(time.time() * 1000) - retention_ms
             )
-        remembered = {p: bounds[1][p] if o is None else o for p, o in recent.items()}
-        plan = await plan_replay(
-            store, args.service, settings.raw_topic, bounds, since_ms, remembered
-        )
+        plan = await plan_replay(store, args.service, settings.raw_topic, bounds, since_ms, recent)
         if plan.reapplied and not args.allow_reapply and not args.dry_run:
             raise OpsError(
                 f"{plan.reapplied} records in that range are older than the history retention "

@@ -87,13 +87,13 @@ async def plan_replay(
     topic: str,
     log_bounds: tuple[dict[int, int], dict[int, int]],
     since_ms: int | None,
-    remembered_from: dict[int, int] | None = None,
+    remembered_from: dict[int, int | None],
 ) -> ReplayPlan:
     """The replay's new offsets; raises OpsError for a service the store has never seen.
 
     `log_bounds` is each partition's first offset still held and its end (`offset_bounds`);
     `remembered_from` the first offset of each partition received within the history retention
-    (`offsets_since`; None: all of them).
+    (`offsets_since`); a partition without one (None, or missing) has every record older.
     From the beginning, each partition goes back to the first offset Kafka still holds. From a
     time, to the first record the service took at or after it, by its own history
     (`consumers.history.first_offsets_since`): that covers every record received after the
@@ -122,8 +122,9 @@ async def plan_replay(
             # Only the events still in the log are read again: not those of another log past
             # its end (a stored offset beyond the end), nor those retention deleted.
             held_to = offset if end is None else min(offset, end)
-            recent = held_to if remembered_from is None else remembered_from.get(partition, held_to)
-            reapplied = max(0, min(held_to, recent) - max(target, start))
+            recent = remembered_from.get(partition)
+            forgotten_to = held_to if recent is None else min(held_to, recent)
+            reapplied = max(0, forgotten_to - max(target, start))
             moves.append(PartitionMove(partition, offset, target, reapplied, start, end))
     return ReplayPlan(service, topic, since_ms, tuple(moves))
 
