@@ -8,8 +8,7 @@ completion), except what the order rules need: the event time.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -22,9 +21,9 @@ class EventError(ValueError):
     retriable = False
 
 
-@dataclass(frozen=True, slots=True)
-class JobEvent:
-    """One webhook event of one job."""
+class JobEvent(NamedTuple):
+    """One webhook event of one job (a tuple: one is built for every record a service applies,
+    and a frozen dataclass costs four times as much to build)."""
 
     event_type: str
     """`job.completed`, `job.failed` or `job.processing`."""
@@ -61,7 +60,8 @@ def _mapping(value: object) -> Mapping[str, Any] | None:
 
 
 def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    # A tuple, not `int | float`: isinstance reads a tuple faster (Python 3.11).
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
 

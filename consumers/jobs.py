@@ -176,13 +176,6 @@ async def _lock_jobs(tx: Tx, job_ids: list[str], now: int) -> dict[str, JobState
         if not missing:
             return states
         job_ids = missing
-    else:
-        await tx.insert_rows(
-            "jobs",
-            _NEW_JOB_COLUMNS,
-            [(j, "processing", now, now) for j in job_ids],
-            "ON CONFLICT (job_id) DO NOTHING",
-        )
     for start in range(0, len(job_ids), IN_LIST_CHUNK):
         chunk = job_ids[start : start + IN_LIST_CHUNK]
         member, args = tx.in_list(chunk)
@@ -192,6 +185,16 @@ async def _lock_jobs(tx: Tx, job_ids: list[str], now: int) -> dict[str, JobState
             *args,
         ):
             states[row[0]] = row_to_state(row)
+    if tx.dialect != "postgresql":
+        # SQLite: the transaction holds the file's write lock since BEGIN, so a job not found
+        # above is not created by anyone else meanwhile: insert only those, as they read.
+        new = [j for j in job_ids if j not in states]
+        if new:
+            await tx.insert_rows(
+                "jobs", _NEW_JOB_COLUMNS, [(j, "processing", now, now) for j in new]
+            )
+            for j in new:
+                states[j] = JobState(job_id=j, status="processing")
     return states
 
 

@@ -747,10 +747,12 @@ class ConsumerRuntime:
         # Counted per (type, outcome) first: a labelled child's lookup per record costs more
         # than the rest of a skipped record's handling.
         counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        latencies: list[float] = []
         for event_type, outcome, received in result.outcomes:
             counts[event_type, outcome] += 1
             if outcome == APPLIED and received is not None:
-                e2e.observe(max(0.0, (now_ms - received) / 1000))
+                latencies.append(max(0.0, (now_ms - received) / 1000))
+        metrics.observe_all(e2e, latencies)
         for partition in result.next_offsets:  # the partitions applied (not sought back)
             for raw_type, count in skipped.get(partition, {}).items():
                 counts[raw_type.decode(errors="replace"), SKIPPED] += count

@@ -21,8 +21,7 @@ compares events by a total order instead of by arrival:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from wazza_hooks import contract
 
@@ -38,9 +37,9 @@ _KIND_RANK = {contract.JOB_COMPLETED: 0, contract.JOB_FAILED: 1}
 Rank = tuple[float, int | float, str]
 
 
-@dataclass(frozen=True, slots=True)
-class JobState:
-    """A job as the store keeps it."""
+class JobState(NamedTuple):
+    """A job as the store keeps it (a tuple: one is built for every event applied, and a frozen
+    dataclass costs five times as much to build)."""
 
     job_id: str
     """The sender's job id."""
@@ -75,9 +74,8 @@ class JobState:
         return self.terminal_rank is not None
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What one event does to a job."""
+class Decision(NamedTuple):
+    """What one event does to a job (a tuple, as JobState)."""
 
     outcome: str
     """`applied`, `stale` or `conflict`."""

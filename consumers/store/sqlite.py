@@ -34,6 +34,13 @@ _BLOCKING_WAIT_MS = 10
 _LOCK_PAUSES = (0.005, 0.01, 0.02, 0.05)
 # Page cache per connection (KiB).
 _CACHE_KIB = 64 * 1024
+# Pages the WAL takes before a commit copies them into the file (SQLite's default is 1000, about
+# 4 MB). Each copy syncs the file, and a busy job's pages, written by every batch, are copied
+# once per checkpoint however often they changed meanwhile: at 10,000 (about 40 MB) the progress
+# service spends ~6 % less CPU a record (bench/results/notes-20261206d.md).
+_WAL_PAGES = 10_000
+# The WAL file is cut back to this after a checkpoint (it would otherwise keep its largest size).
+_WAL_LIMIT_BYTES = 64 * 1024 * 1024
 
 
 def sqlite_path(url: str) -> Path:
@@ -164,6 +171,8 @@ class SqliteStore:
             # all over their indexes; SQLite's default 2 MiB cache rereads them from the file
             # every batch.
             conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")
             # Migration 5 keys the history's event ids with the same function as the consumers.
             conn.create_function("wazza_event_key", 1, event_key, deterministic=True)
             conn.execute(VERSION_TABLE)
