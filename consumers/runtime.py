@@ -170,6 +170,8 @@ class _Prepared(NamedTuple):
     """Per partition, the records skipped by their type header, by type."""
     reads: Reads
     """The records read (`batch.read_batch`)."""
+    seeks: dict[int, int]
+    """The partitions' seek counts when the batch was fetched."""
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -204,8 +206,8 @@ class ConsumerRuntime:
         # partition -> the offset of the next record this runtime will take (as sought or
         # stored by it); compared with the store's to notice a replay.
         self._positions: dict[int, int] = {}
-        self._sought: set[int] = set()
-        """Partitions sought since the last fetch (`_seek`)."""
+        self._seeks: collections.Counter[int] = collections.Counter()
+        """Seeks per partition so far (`_seek`): a batch fetched before one leaves it out."""
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._topic_id: str | None = None
@@ -395,9 +397,6 @@ class ConsumerRuntime:
                 data = await consumer.getmany(
                     timeout_ms=_POLL_MS, max_records=self.settings.batch_size
                 )
-                # A partition sought from now on was fetched from elsewhere: its records here
-                # are left for the fetch after the seek (`_seek`).
-                self._sought.clear()
                 prepared = await self._prepare(data) if data else None
                 if applying is not None:
                     applied, applying = await applying, None
@@ -434,6 +433,9 @@ class ConsumerRuntime:
     async def _prepare(self, data: dict[TopicPartition, list[Any]]) -> _Prepared:
         """A fetched batch split and read, yielding to the batch being applied meanwhile every
         _READ_CHUNK records (each yield lets it take its database's answer and go on)."""
+        # A partition sought from now on was fetched from elsewhere: its records here are left
+        # for the fetch after the seek.
+        seeks = {p: self._seeks[p] for p in (tp.partition for tp in data)}
         partitions, spans, skipped = self._split(data)
         reads: Reads = {}
         for partition, records in partitions.items():
@@ -441,7 +443,7 @@ class ConsumerRuntime:
             for start in range(0, len(records), _READ_CHUNK):
                 await asyncio.sleep(0)
                 reads[partition] += read_records(self.service, records[start : start + _READ_CHUNK])
-        return _Prepared(partitions, spans, skipped, reads)
+        return _Prepared(partitions, spans, skipped, reads, seeks)
 
     async def _apply_prepared(self, prepared: _Prepared) -> bool:
         """Apply a prepared batch (its partitions still assigned and not sought since it was
@@ -455,7 +457,8 @@ class ConsumerRuntime:
             partitions = {
                 p: r
                 for p, r in prepared.partitions.items()
-                if p not in self._sought and TopicPartition(self._topic, p) in assignment
+                if self._seeks[p] == prepared.seeks[p]
+                and TopicPartition(self._topic, p) in assignment
             }
             if not partitions:
                 return True
@@ -478,7 +481,7 @@ class ConsumerRuntime:
         assert self._consumer is not None  # noqa: S101
         self._consumer.seek(tp, offset)
         self._positions[tp.partition] = offset
-        self._sought.add(tp.partition)
+        self._seeks[tp.partition] += 1
 
     def _split(
         self, data: dict[TopicPartition, list[Any]]
