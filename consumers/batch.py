@@ -177,7 +177,6 @@ async def apply_batch(
     spans: dict[int, tuple[int, int]] | None = None,
     topic_id: str | None = None,
     isolate: bool = False,
-    reads: Reads | None = None,
 ) -> BatchResult:
     """Apply a batch in one transaction; raises StoreUnavailable (roll back, retry later).
 
@@ -190,18 +189,13 @@ async def apply_batch(
     `spans` gives each partition's (first offset, last offset + 1) when the caller left out the
     records the service skips by their type header: a partition's list may then
     be shorter, or empty, and its offsets still advance over the whole batch.
-    `reads`: `read_batch(service, partitions)`, when the caller read them already.
     """
     if spans is None:
         spans = {p: (rs[0].offset, rs[-1].offset + 1) for p, rs in partitions.items()}
     result = BatchResult()
     # Headers and bodies are read before the transaction: it holds the store's write lock
     # (SQLite) or the jobs' rows (PostgreSQL), and the other services wait for it meanwhile.
-    reads = (
-        read_batch(service, partitions)
-        if reads is None
-        else {p: reads[p] for p in partitions}  # only the partitions applied
-    )
+    reads = {p: [_read(service, r) for r in rs] for p, rs in partitions.items()}
     async with store.transaction() as tx:
         advancing = tx.dialect == "postgresql"
         if advancing:
@@ -353,21 +347,6 @@ class _Read(NamedTuple):
     event: JobEvent | Exception | None
     """Its event, or what reading it raised (EventError: a body that is no event; anything
     else: a defect, raised in the transaction to be tracked down); None when skipped."""
-
-
-Reads = dict[int, list[_Read]]
-"""A batch's records as read before its transaction, by partition (`read_batch`)."""
-
-
-def read_batch(service: Service, partitions: dict[int, list[Record]]) -> Reads:
-    """Read a batch's records (headers, bodies) for `apply_batch`: pure, no store, so that a
-    caller may do it while the batch before is still being applied."""
-    return {p: read_records(service, rs) for p, rs in partitions.items()}
-
-
-def read_records(service: Service, records: Sequence[Record]) -> list[_Read]:
-    """`read_batch` for some records of one partition."""
-    return [_read(service, r) for r in records]
 
 
 def _read(service: Service, record: Record) -> _Read:

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IncompatibleBrokerVersion, KafkaConnectionError, KafkaError
@@ -33,12 +33,10 @@ from .batch import (
     APPLIED,
     SKIPPED,
     BatchResult,
-    Reads,
     Record,
     apply_batch,
     event_type_header,
     keep_dead_letter,
-    read_records,
     reset_offsets,
     stored_offsets,
 )
@@ -155,25 +153,6 @@ class DeadLetterUnavailable(StoreUnavailable):
     """The dead-letter topic did not acknowledge: the batch is retried, nothing is skipped."""
 
 
-# Records read between two yields to the batch being applied (`ConsumerRuntime._prepare`).
-_READ_CHUNK = 64
-
-
-class _Prepared(NamedTuple):
-    """A fetched batch, split and read, waiting for the batch before it to be applied."""
-
-    partitions: dict[int, list[Record]]
-    """The records the service takes, per partition."""
-    spans: dict[int, tuple[int, int]]
-    """Per partition, the batch's (first offset, last + 1)."""
-    skipped: dict[int, dict[bytes, int]]
-    """Per partition, the records skipped by their type header, by type."""
-    reads: Reads
-    """The records read (`batch.read_batch`)."""
-    seeks: dict[int, int]
-    """The partitions' seek counts when the batch was fetched."""
-
-
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, runtime: ConsumerRuntime) -> None:
         self._runtime = runtime
@@ -206,8 +185,6 @@ class ConsumerRuntime:
         # partition -> the offset of the next record this runtime will take (as sought or
         # stored by it); compared with the store's to notice a replay.
         self._positions: dict[int, int] = {}
-        self._seeks: collections.Counter[int] = collections.Counter()
-        """Seeks per partition so far (`_seek`): a batch fetched before one leaves it out."""
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._topic_id: str | None = None
@@ -381,107 +358,50 @@ class ConsumerRuntime:
         return result
 
     async def _loop(self) -> None:
-        """Fetch, read and apply batches until stopped. The next batch is fetched and read while
-        the one before is applied (`_Prepared`): on PostgreSQL a batch's statements wait on the
-        database, and that wait is spent reading instead. Batches are still applied one at a
-        time, in order, each in its own transaction behind the offset guard."""
         assert self._consumer is not None  # noqa: S101
         consumer = self._consumer
         next_prune = time.monotonic()
         next_reconcile = time.monotonic() + _RECONCILE_SECONDS
         next_identity = time.monotonic() + _IDENTITY_SECONDS
         next_summary = time.monotonic() + _SUMMARY_SECONDS
-        applying: asyncio.Task[bool] | None = None
-        try:
-            while not self._stop.is_set():
-                data = await consumer.getmany(
-                    timeout_ms=_POLL_MS, max_records=self.settings.batch_size
-                )
-                prepared = await self._prepare(data) if data else None
-                if applying is not None:
-                    applied, applying = await applying, None
-                    if not applied:
-                        return  # stopping during a store outage: nothing lost
-                if time.monotonic() >= next_prune:
-                    next_prune = time.monotonic() + _PRUNE_EVERY_SECONDS
-                    await self._prune()
-                if time.monotonic() >= next_reconcile:
-                    next_reconcile = time.monotonic() + _RECONCILE_SECONDS
-                    await self._reconcile()
-                if time.monotonic() >= next_identity:
-                    next_identity = time.monotonic() + _IDENTITY_SECONDS
-                    await self._recheck_log()
-                if time.monotonic() >= next_summary:
-                    next_summary = time.monotonic() + _SUMMARY_SECONDS
-                    self._summarise()
-                if prepared is None or self._stop.is_set():
+        while not self._stop.is_set():
+            data = await consumer.getmany(timeout_ms=_POLL_MS, max_records=self.settings.batch_size)
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + _PRUNE_EVERY_SECONDS
+                await self._prune()
+            if time.monotonic() >= next_reconcile:
+                next_reconcile = time.monotonic() + _RECONCILE_SECONDS
+                await self._reconcile()
+            if time.monotonic() >= next_identity:
+                next_identity = time.monotonic() + _IDENTITY_SECONDS
+                await self._recheck_log()
+            if time.monotonic() >= next_summary:
+                next_summary = time.monotonic() + _SUMMARY_SECONDS
+                self._summarise()
+            if not data:
+                continue
+            partitions, spans, skipped = self._split(data)
+            started = time.perf_counter()
+            async with self._lock:
+                assignment = consumer.assignment()
+                partitions = {
+                    p: r
+                    for p, r in partitions.items()
+                    if TopicPartition(self._topic, p) in assignment
+                }
+                if not partitions:
                     continue
-                applying = asyncio.create_task(self._apply_prepared(prepared))
-                # Let it send its first statement before this task fetches and reads again.
-                await asyncio.sleep(0)
-        except asyncio.CancelledError:
-            if applying is not None:
-                applying.cancel()  # rolled back: its records are read again by the next owner
-            raise
-        finally:
-            # A batch still being applied when stopping (or on an error out of the fetch) is
-            # finished first: stored, then its offsets committed to Kafka.
-            if applying is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await applying
-
-    async def _prepare(self, data: dict[TopicPartition, list[Any]]) -> _Prepared:
-        """A fetched batch split and read, yielding to the batch being applied meanwhile every
-        _READ_CHUNK records (each yield lets it take its database's answer and go on)."""
-        # A partition sought from now on was fetched from elsewhere: its records here are left
-        # for the fetch after the seek.
-        seeks = {p: self._seeks[p] for p in (tp.partition for tp in data)}
-        partitions, spans, skipped = self._split(data)
-        reads: Reads = {}
-        for partition, records in partitions.items():
-            reads[partition] = []
-            for start in range(0, len(records), _READ_CHUNK):
-                await asyncio.sleep(0)
-                reads[partition] += read_records(self.service, records[start : start + _READ_CHUNK])
-        return _Prepared(partitions, spans, skipped, reads, seeks)
-
-    async def _apply_prepared(self, prepared: _Prepared) -> bool:
-        """Apply a prepared batch (its partitions still assigned and not sought since it was
-        fetched), seek what the offset guard sent back, count it and commit its offsets to
-        Kafka, all under the lock a rebalance waits for; False when stopping during a store
-        outage (nothing stored, nothing lost)."""
-        assert self._consumer is not None  # noqa: S101
-        started = time.perf_counter()
-        async with self._lock:
-            assignment = self._consumer.assignment()
-            partitions = {
-                p: r
-                for p, r in prepared.partitions.items()
-                if self._seeks[p] == prepared.seeks[p]
-                and TopicPartition(self._topic, p) in assignment
-            }
-            if not partitions:
-                return True
-            result = await self._apply_until_done(partitions, prepared.spans, prepared.reads)
-            if result is None:
-                return False
-            seconds = time.perf_counter() - started
-            if result.seek and not await self._seek_back(result.seek, prepared.spans):
-                return False
-            for partition, offset in result.next_offsets.items():
-                self._gaps.discard(partition)
-                self._positions[partition] = offset
-            size = sum(prepared.spans[p][1] - prepared.spans[p][0] for p in partitions)
-            self._observe(result, size, seconds, prepared.skipped)
+                result = await self._apply_until_done(partitions, spans)
+                if result is None:
+                    return  # stopping during a store outage: nothing stored, nothing lost
+                if result.seek and not await self._seek_back(result.seek, spans):
+                    return  # stopping during a store outage
+                for partition, offset in result.next_offsets.items():
+                    self._gaps.discard(partition)
+                    self._positions[partition] = offset
+            size = sum(spans[p][1] - spans[p][0] for p in partitions)
+            self._observe(result, size, started, skipped)
             self._commit_to_kafka(result)
-        return True
-
-    def _seek(self, tp: TopicPartition, offset: int) -> None:
-        """Seek a partition and note it: a batch fetched before the seek leaves it out."""
-        assert self._consumer is not None  # noqa: S101
-        self._consumer.seek(tp, offset)
-        self._positions[tp.partition] = offset
-        self._seeks[tp.partition] += 1
 
     def _split(
         self, data: dict[TopicPartition, list[Any]]
@@ -681,7 +601,8 @@ class ConsumerRuntime:
                     continue
                 offset = checked[partition].next_offset
                 if checked[partition] is not stored.get(partition):
-                    self._seek(TopicPartition(self._topic, partition), offset)
+                    self._consumer.seek(TopicPartition(self._topic, partition), offset)
+                    self._positions[partition] = offset
 
     async def _reconcile(self) -> None:
         """Seek every assigned partition whose stored offset went back below the position
@@ -706,7 +627,8 @@ class ConsumerRuntime:
                     position,
                     stored,
                 )
-                self._seek(tp, stored)
+                self._consumer.seek(tp, stored)
+                self._positions[tp.partition] = stored
                 self._gaps.discard(tp.partition)  # a gap accepted before is not this one
         self._measure_lag()
 
@@ -722,10 +644,7 @@ class ConsumerRuntime:
                 metrics.LAG.labels(self.service.name, str(tp.partition)).set(lag)
 
     async def _apply_until_done(
-        self,
-        partitions: dict[int, list[Record]],
-        spans: dict[int, tuple[int, int]],
-        reads: Reads | None = None,
+        self, partitions: dict[int, list[Record]], spans: dict[int, tuple[int, int]]
     ) -> BatchResult | None:
         """The batch applied, however long the store is unavailable; None when stopping
         during an outage (nothing stored, nothing lost)."""
@@ -746,7 +665,6 @@ class ConsumerRuntime:
                     spans,
                     self._topic_id,
                     isolate,
-                    reads,
                 )
 
             try:
@@ -817,13 +735,13 @@ class ConsumerRuntime:
         self,
         result: BatchResult,
         size: int,
-        seconds: float,
+        started: float,
         skipped: dict[int, dict[bytes, int]],
     ) -> None:
         name = self.service.name
         metrics.LAST_COMMIT.labels(name).set(self._clock())
         metrics.BATCH_RECORDS.labels(name).observe(size)
-        metrics.BATCH_SECONDS.labels(name).observe(seconds)
+        metrics.BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
         now_ms = self._clock() * 1000
         e2e = metrics.END_TO_END_SECONDS.labels(name)
         # Counted per (type, outcome) first: a labelled child's lookup per record costs more
@@ -994,7 +912,8 @@ class ConsumerRuntime:
             held = checked.get(tp.partition)
             offset = 0 if held is None else held.next_offset
             starts[tp.partition] = offset
-            self._seek(tp, offset)
+            self._consumer.seek(tp, offset)
+            self._positions[tp.partition] = offset
         if choosing:
             self._consumer.resume(*assigned)
         log.info(
