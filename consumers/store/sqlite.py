@@ -36,11 +36,12 @@ _LOCK_PAUSES = (0.005, 0.01, 0.02, 0.05)
 _CACHE_KIB = 64 * 1024
 # Pages the WAL takes before a commit copies them into the file (SQLite's default is 1000, about
 # 4 MB). Each copy syncs the file, and a busy job's pages, written by every batch, are copied
-# once per checkpoint however often they changed meanwhile: at 10,000 (about 40 MB) the progress
-# service spends ~6 % less CPU a record (bench/results/notes-20261206d.md).
-_WAL_PAGES = 10_000
+# once per checkpoint however often they changed meanwhile: at 4,000 (about 16 MB) the progress
+# service spends ~4 % less CPU a record, as much as at 10,000, whose checkpoints (~40 ms here)
+# would hold one batch in four times longer (bench/results/notes-20261206d.md).
+_WAL_PAGES = 4_000
 # The WAL file is cut back to this after a checkpoint (it would otherwise keep its largest size).
-_WAL_LIMIT_BYTES = 64 * 1024 * 1024
+_WAL_LIMIT_BYTES = 32 * 1024 * 1024
 
 
 def sqlite_path(url: str) -> Path:
