@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import socket
 import subprocess
 import time
 import urllib.request
@@ -21,6 +20,7 @@ import yaml
 
 from tests.support.deploy import RULE_TESTS, RULES, require_tool
 from tests.support.env import ROOT
+from wazza_tools.dev.localbroker import free_port
 
 # Runs the project's commands or external tools as processes.
 pytestmark = pytest.mark.slow
@@ -69,13 +69,6 @@ def test_every_runbook_section_says_what_it_means_what_to_check_and_what_to_do()
     for name, body in sections.items():
         for part in ("What it means", "What to check", "What to do"):
             assert f"**{part}.**" in body, f"{name}: no {part!r}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_prometheus_prefixes_the_runbook_url_with_the_runbook_base_external_label(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -41,12 +42,41 @@ def broker_binary() -> str:
         raise BrokerError(f"the Tansu binary cannot be located: {exc}") from exc
 
 
+# Ports chosen by free_port: from here up to the system's ephemeral range.
+_CHOSEN_PORTS_FROM = 10_000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the range the kernel hands out for bind(0) and outgoing connections
+    (Linux's default 32768 where it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now."""
+    """A TCP port nothing listens on right now, below the kernel's ephemeral range.
+
+    The caller binds it later (a broker's JVM, seconds on): a port from the ephemeral range may
+    be handed meanwhile to another process's bind(0) or outgoing connection, which then makes
+    the broker fail with "Address already in use". A port below it is only taken by a process
+    that chose it as this does, at random among some 20,000."""
+    low = _ephemeral_low()
+    for _ in range(100):
+        if low <= _CHOSEN_PORTS_FROM + 1000:
+            break
+        port = random.randrange(_CHOSEN_PORTS_FROM, low)  # noqa: S311 - not a secret
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 def port_in_use(host: str, port: int) -> bool:
