@@ -346,13 +346,7 @@ async def run_processes(
             row = await tx.fetchone("SELECT COUNT(*) FROM event_history")
         events = int(row[0]) if row else 0
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
     size = await store_bytes(store, store_url)
     await store.close()
     return {
@@ -364,6 +358,17 @@ async def run_processes(
         "store_mb_per_million_records": round(size / total, 1),
         "store_bytes_per_event": round(size / events, 1) if events else None,
     }
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to every process at once, then wait for each (SIGKILL past 20 s)."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 async def store_bytes(store: Any, store_url: str) -> int:
@@ -488,13 +493,7 @@ async def e2e_latency(
                 worst = max(worst, p99)
             out["p99_le_s"] = worst
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
     return out
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from consumers.store import Store, open_store
+from consumers.store import Store
+from tests.support.consumers import opened
 from tests.support.kafka import Topics, make_topics
 from wazza_tools.dev.apache_kafka import ApacheKafka, java_and_maven
 from wazza_tools.dev.localbroker import LocalBroker
@@ -116,8 +117,5 @@ async def store_url(
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[Store]:
     """The store at `store_url`, migrated."""
-    opened = await open_store(store_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
+    async with opened(store_url) as migrated:
+        yield migrated

@@ -36,8 +36,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumers.store import Store, open_store
-from tests.support.consumers import completed, failed, ids, progress, publish, rows
+from consumers.store import Store
+from tests.support.consumers import completed, failed, ids, opened, progress, publish, rows
 from tests.support.env import BIN, ROOT, subprocess_env
 from tests.support.kafka import Topics, make_topics
 from tests.support.postgres import database_dsn, fresh_database
@@ -374,15 +374,6 @@ async def assert_each_event_applied_once(
     for service in services:
         assert await count(store, "job_events", service) == wanted[service], service
         assert await count(store, "processed_events", service) == wanted[service], service
-
-
-@contextlib.asynccontextmanager
-async def opened(url: str) -> AsyncIterator[Store]:
-    store = await open_store(url)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 # --- kill -9 mid-stream -----------------------------------------------------------------------

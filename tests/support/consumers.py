@@ -18,7 +18,7 @@ from consumers import metrics as consumer_metrics
 from consumers.runtime import ConsumerRuntime
 from consumers.service import Service
 from consumers.settings import ConsumerSettings
-from consumers.store import Store
+from consumers.store import Store, open_store
 from tests.support.kafka import Topics
 from wazza_hooks import contract
 from wazza_tools.dev.apache_kafka import ApacheKafka
@@ -40,6 +40,16 @@ def settings_for(bootstrap: str, raw: str, dlq: str, **more: Any) -> ConsumerSet
         group_prefix=f"test-{uuid.uuid4().hex[:8]}-",
         **more,
     )
+
+
+@asynccontextmanager
+async def opened(url: str) -> AsyncIterator[Store]:
+    """The store at `url`, migrated, closed on exit."""
+    store = await open_store(url)
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 @asynccontextmanager

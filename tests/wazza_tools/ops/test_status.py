@@ -19,11 +19,19 @@ from aiohttp.test_utils import TestServer
 
 from consumers.service import BUILTIN
 from consumers.settings import ConsumerSettings
-from consumers.store import Store, open_store
+from consumers.store import Store
 from consumers.store.migrations import KNOWN
 from ingest.app import build_app
 from tests.support.commands import Result, hooks
-from tests.support.consumers import completed, offsets_reach, publish, running, settings_on, until
+from tests.support.consumers import (
+    completed,
+    offsets_reach,
+    opened,
+    publish,
+    running,
+    settings_on,
+    until,
+)
 from tests.support.env import BIN, SECRET, subprocess_env
 from tests.support.kafka import Topics, ingest_settings, make_topics
 from tests.support.ops import env_for
@@ -71,15 +79,6 @@ async def post_webhooks(url: str, bodies: list[bytes]) -> None:
             headers = sign_wazza(SECRET, body, int(time.time()))
             async with http.post(f"{url}/api/webhooks/wazza", data=body, headers=headers) as r:
                 assert r.status == 200, await r.text()
-
-
-@contextlib.asynccontextmanager
-async def opened(url: str) -> AsyncIterator[Store]:
-    store = await open_store(url)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 @contextlib.asynccontextmanager
