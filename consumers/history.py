@@ -40,6 +40,26 @@ KEEP_FIRST = "ON CONFLICT (job_id, service, event_key) DO NOTHING"
 """A row already there is the event's first outcome: it stays."""
 # (job, key) pairs per lookup: two bound values each, under SQLite's historical limit of 999.
 _PAIRS_CHUNK = 400
+# PostgreSQL: a batch's keys (`v`: job, service, event key, one array each) joined to their history
+# rows by the whole primary key. The service comes in beside each key, as a join column, not as
+# `h.service = ?`: a condition on `h` alone let the planner weigh reading all of the service's
+# rows through event_history_kept, and on a table not analysed yet (a new store's first minute,
+# before autovacuum comes by) it takes any one service for 0.5 % of the rows, so it chose that
+# and a hash join: every batch with an outcome to set read the service's whole history (8 ms at
+# 35k rows, growing with it). Joined by all three columns, the only other way is the whole
+# table, which the planner sizes from the file itself: each key stays one index lookup.
+_BY_KEY = "h.job_id = v.job_id AND h.service = v.service AND h.event_key = v.k"
+KNOWN_POSTGRESQL = (
+    "SELECT h.job_id, h.event_key FROM unnest(?::text[], ?::text[], ?::bytea[]) "  # noqa: S608 - constants
+    f"AS v(job_id, service, k) JOIN event_history h ON {_BY_KEY}"
+)
+"""`known` on PostgreSQL: jobs, services (the one service repeated), event keys."""
+SET_OUTCOMES = (
+    "UPDATE event_history h SET outcome = v.outcome FROM "  # noqa: S608 - constants
+    "unnest(?::text[], ?::text[], ?::bytea[], ?::text[]) AS v(job_id, service, k, outcome) "
+    f"WHERE {_BY_KEY}"
+)
+"""`set_outcomes`: jobs, services (the one service repeated), event keys, outcomes."""
 # Rows deleted per statement when pruning, so that the write lock is never held for long.
 _PRUNE_CHUNK = 5000
 
@@ -57,11 +77,10 @@ async def known(tx: Tx, service: str, pairs: Sequence[tuple[str, bytes]]) -> set
         return found
     if tx.dialect == "postgresql":
         rows = await tx.fetchall(
-            "SELECT h.job_id, h.event_key FROM unnest(?::text[], ?::bytea[]) AS v(job_id, k) "
-            "JOIN event_history h ON h.job_id = v.job_id AND h.service = ? AND h.event_key = v.k",
+            KNOWN_POSTGRESQL,
             [job for job, _ in pairs],
+            [service] * len(pairs),
             [key for _, key in pairs],
-            service,
         )
         return {(str(job), bytes(key)) for job, key in rows}
     for start in range(0, len(pairs), _PAIRS_CHUNK):
@@ -101,13 +120,11 @@ async def set_outcomes(tx: Tx, service: str, changes: Sequence[tuple[str, bytes,
     if not changes:
         return
     await tx.execute(
-        "UPDATE event_history h SET outcome = v.outcome "
-        "FROM unnest(?::text[], ?::bytea[], ?::text[]) AS v(job_id, k, outcome) "
-        "WHERE h.job_id = v.job_id AND h.service = ? AND h.event_key = v.k",
+        SET_OUTCOMES,
         [job for job, _, _ in changes],
+        [service] * len(changes),
         [key for _, key, _ in changes],
         [outcome for _, _, outcome in changes],
-        service,
     )
 
 

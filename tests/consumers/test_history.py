@@ -28,7 +28,7 @@ from consumers.store import postgres as pg_store
 from consumers.store import sqlite as sqlite_store
 from consumers.store.keys import event_id_of, event_key, event_name
 from consumers.store.schema import MIGRATIONS
-from tests.support.consumers import completed, envelope_of, failed, progress, rows
+from tests.support.consumers import completed, envelope_of, failed, opened, progress, rows
 
 SHA_ID = hashlib.sha256(b"a body").hexdigest()
 
@@ -145,6 +145,54 @@ async def test_a_terminal_event_superseded_within_its_batch_says_conflict(
     ]
     state = await rows(store, "SELECT terminal_event_id FROM jobs WHERE job_id = 'j1'")
     assert [tuple(r) for r in state] == [(envelope_of(late).event_id,)]
+
+
+async def test_postgresql_looks_a_batchs_keys_up_one_by_one_before_the_history_is_analysed(
+    postgres_dsn: str,
+) -> None:
+    """A new store's history has no statistics until autovacuum first analyses it (a minute
+    or more), while a busy service adds thousands of rows. The batch statements that join its
+    keys to the history must still look each key up by the primary key: never read the
+    service's rows through another index, which grows with the history (it once did, for every
+    batch with a stale event: 8 ms a batch at 35k rows)."""
+    service, other = "progress", "completion"
+    keys = [hashlib.sha256(b"%d" % i).digest() for i in range(20_000)]
+    history_rows = [
+        (f"job_{i // 5:05d}", service if i % 10 else other, key, None, "job.processing",
+         i, i, i, "applied", "t.raw", 0, i)
+        for i, key in enumerate(keys)
+    ]  # fmt: skip
+    taken = [r for r in history_rows[::701] if r[1] == service]
+    jobs, event_keys = [r[0] for r in taken], [r[2] for r in taken]
+    async with opened(postgres_dsn) as store:
+        async with store.transaction() as tx:
+            await tx.insert_rows("event_history", history.HISTORY_COLUMNS, history_rows)
+        async with store.transaction() as tx:
+            plans = {
+                "known": await tx.fetchall(
+                    "EXPLAIN " + history.KNOWN_POSTGRESQL, jobs, [service] * len(jobs), event_keys
+                ),
+                "set_outcomes": await tx.fetchall(
+                    "EXPLAIN " + history.SET_OUTCOMES,
+                    jobs,
+                    [service] * len(jobs),
+                    event_keys,
+                    ["stale"] * len(jobs),
+                ),
+            }
+            for name, plan in plans.items():
+                text = "\n".join(str(line[0]) for line in plan)
+                assert "Scan using event_history_pkey" in text, (name, text)
+                assert "event_history_kept" not in text, (name, text)
+                assert "Hash" not in text, (name, text)
+            assert await history.known(
+                tx, service, list(zip(jobs, event_keys, strict=True))
+            ) == set(zip(jobs, event_keys, strict=True))
+            await history.set_outcomes(
+                tx, service, [(j, k, "stale") for j, k in zip(jobs, event_keys, strict=True)]
+            )
+        stale = await rows(store, "SELECT event_key FROM event_history WHERE outcome = 'stale'")
+    assert sorted(bytes(r[0]) for r in stale) == sorted(event_keys)
 
 
 async def test_the_migration_carries_every_key_over_and_no_event_is_applied_twice(
