@@ -640,8 +640,8 @@ async def amain(args: argparse.Namespace) -> int:
     bodies = workload(args.records)
     # Out of the collector's sight from here: every full collection would otherwise walk the
     # workload's list of 200k bodies (~20 ms each, several a second), in the raw baseline and
-    # the services alike, a cost no consumer process has. It made raw consumption ~20 % and the
-    # services ~8 % slower than they are (bench/results/notes-20261206e.md).
+    # the services alike, a cost no consumer process has. It made raw consumption ~25 % and the
+    # services 5-10 % slower than they are (bench/results/notes-20261206e.md).
     gc.freeze()
     total = len(bodies)
     report["records"] = total
