@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 
 from consumers.settings import ConsumerSettings
-from consumers.store import Store, open_store
+from consumers.store import Store
 from tests.support.commands import Result
-from tests.support.consumers import rows
+from tests.support.consumers import opened, rows
 from tests.support.env import subprocess_env
 
 
@@ -85,15 +85,11 @@ def iso(ms: int) -> str:
 async def store_offset(url: str, topic: str, next_offset: int, service: str = "completion") -> None:
     """A store at `url` where `service` has taken partition 0 of `topic` up to `next_offset`:
     a service the operator commands know, without running it."""
-    opened = await open_store(url)
-    try:
-        async with opened.transaction() as tx:
-            await tx.execute(
-                "INSERT INTO consumer_offsets (service, topic, kafka_partition, next_offset) "
-                "VALUES (?, ?, 0, ?)",
-                service,
-                topic,
-                next_offset,
-            )
-    finally:
-        await opened.close()
+    async with opened(url) as store, store.transaction() as tx:
+        await tx.execute(
+            "INSERT INTO consumer_offsets (service, topic, kafka_partition, next_offset) "
+            "VALUES (?, ?, 0, ?)",
+            service,
+            topic,
+            next_offset,
+        )
